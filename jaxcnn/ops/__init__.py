@@ -1,0 +1,50 @@
+"""Pure, jit-able convolution and pooling primitives (NumPy and JAX only, no Flax).
+
+Two implementations of every 2-D convolution and pooling op: the ``lax`` one
+(``conv2d``, ``max_pool2d``, ...) for speed, and the im2col one
+(``conv2d_im2col``, ``max_pool2d_im2col``, ...) to read and cross-check; the
+test suite and ``python -m jaxcnn.gradcheck`` prove them equal, with equal
+gradients.
+"""
+
+from jaxcnn.ops import filters
+from jaxcnn.ops.conv import conv1d, conv2d, conv3d, conv_output_size
+from jaxcnn.ops.im2col import col2im, conv2d_im2col, im2col
+from jaxcnn.ops.padding import PADDING_MODES, normalize_padding, pad_spatial, same_padding
+from jaxcnn.ops.pool import (
+    avg_pool1d,
+    avg_pool2d,
+    avg_pool2d_im2col,
+    avg_pool3d,
+    global_avg_pool,
+    lp_pool2d,
+    max_pool1d,
+    max_pool2d,
+    max_pool2d_im2col,
+    max_pool3d,
+)
+
+__all__ = [
+    "PADDING_MODES",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool2d_im2col",
+    "avg_pool3d",
+    "col2im",
+    "conv1d",
+    "conv2d",
+    "conv2d_im2col",
+    "conv3d",
+    "conv_output_size",
+    "filters",
+    "global_avg_pool",
+    "im2col",
+    "lp_pool2d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool2d_im2col",
+    "max_pool3d",
+    "normalize_padding",
+    "pad_spatial",
+    "same_padding",
+]

@@ -1,0 +1,261 @@
+"""Convolution as im2col + one matmul, with the textbook backward pass.
+
+``im2col`` unrolls every receptive field of the (padded) input into one row of
+a matrix, so that a convolution is a single matrix product::
+
+    cols = im2col(x)            # (N*OH*OW, KH*KW*C)
+    y    = cols @ W + b         # W: (KH*KW*C, O)
+
+and its gradients are three more products (``conv2d_im2col``'s custom VJP)::
+
+    dW = cols^T @ dy            # (KH*KW*C, O)
+    db = sum_rows(dy)           # (O,)
+    dx = col2im(dy @ W^T)       # col2im sums overlapping receptive fields
+
+``col2im`` is the exact adjoint of ``im2col``: ``<im2col(x), c> == <x, col2im(c)>``.
+
+Internally everything runs channels-last (``NHWC`` data, ``HWIO`` weights);
+channels-first calls are transposed at the boundary. Column order is
+``(KH, KW, C)`` for NHWC and Caffe's ``(C, KH, KW)`` for NCHW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxcnn.ops import _checks
+from jaxcnn.ops.conv import apply_padding_mode, conv_output_size, resolve_conv
+from jaxcnn.ops.padding import Pairs, normalize_padding
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Sliding-window geometry over the spatial dims of a channels-last array."""
+
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: Pairs
+    in_size: tuple[int, ...]  # unpadded spatial size
+
+    @property
+    def padded_size(self) -> tuple[int, ...]:
+        return tuple(n + lo + hi for n, (lo, hi) in zip(self.in_size, self.padding))
+
+    @property
+    def out_size(self) -> tuple[int, ...]:
+        return tuple(
+            conv_output_size(n, k, s, p, d)
+            for n, k, s, p, d in zip(self.in_size, self.kernel_size, self.stride, self.padding,
+                                     self.dilation)
+        )
+
+
+def make_window(spatial, kernel_size, stride, padding, dilation, fn: str) -> Window:
+    """Validate window arguments for ``len(spatial)`` spatial dims."""
+    ndim = len(spatial)
+    kernel_size = _checks.int_tuple(kernel_size, ndim, "kernel_size", fn)
+    stride = _checks.int_tuple(stride, ndim, "stride", fn)
+    dilation = _checks.int_tuple(dilation, ndim, "dilation", fn)
+    pads = normalize_padding(padding, ndim, fn=fn, spatial_shape=spatial, kernel_size=kernel_size,
+                             stride=stride, dilation=dilation)
+    for axis, n, k, d, (lo, hi) in zip(_checks.SPATIAL_NAMES[ndim], spatial, kernel_size, dilation,
+                                       pads):
+        if d * (k - 1) + 1 > n + lo + hi:
+            raise ValueError(
+                f"{fn}: kernel_size {k} (dilation {d}) is larger than the padded input along {axis} "
+                f"({n} + padding {lo}+{hi} = {n + lo + hi})"
+            )
+    return Window(kernel_size, stride, dilation, pads, tuple(int(n) for n in spatial))
+
+
+def patches(x, window: Window, pad_value: float = 0.0):
+    """Receptive fields of a channels-last ``x``: ``(N, *S, C) -> (N, *O, *K, C)``.
+
+    For 2-D: ``(N, H, W, C) -> (N, OH, OW, KH, KW, C)``. The input is padded with
+    ``pad_value``; each kernel tap is one strided slice, so the whole gather is
+    ``prod(K)`` slices and a stack.
+    """
+    widths = [(0, 0), *window.padding, (0, 0)]
+    xp = jnp.pad(x, widths, constant_values=pad_value) if any(map(any, window.padding)) else x
+    n, c = x.shape[0], x.shape[-1]
+    out, stride = window.out_size, window.stride
+    taps = []
+    for tap in itertools.product(*map(range, window.kernel_size)):
+        start = [t * d for t, d in zip(tap, window.dilation)]
+        limit = [a + (o - 1) * s + 1 for a, o, s in zip(start, out, stride)]
+        taps.append(lax.slice(xp, (0, *start, 0), (n, *limit, c), (1, *stride, 1)))
+    return jnp.stack(taps, axis=-2).reshape(n, *out, *window.kernel_size, c)
+
+
+def unpatches(p, window: Window):
+    """Adjoint of :func:`patches`: ``(N, *O, *K, C) -> (N, *S, C)``, overlaps summed.
+
+    Each tap is put back in place by ``lax.pad`` with interior padding
+    ``stride - 1`` (no scatter op), the taps are summed, and the padding is
+    cropped off.
+    """
+    ndim = len(window.kernel_size)
+    n, c = p.shape[0], p.shape[-1]
+    out, stride, dilation = window.out_size, window.stride, window.dilation
+    zero = jnp.zeros((), p.dtype)
+    total = None
+    for tap in itertools.product(*map(range, window.kernel_size)):
+        value = p[(slice(None), *([slice(None)] * ndim), *tap)]
+        config = [(t * d, size - t * d - (o - 1) * s - 1, s - 1)
+                  for t, d, size, o, s in zip(tap, dilation, window.padded_size, out, stride)]
+        placed = lax.pad(value, zero, [(0, 0, 0), *config, (0, 0, 0)])
+        total = placed if total is None else total + placed
+    start = [lo for lo, _ in window.padding]
+    return lax.slice(total, (0, *start, 0), (n, *(a + m for a, m in zip(start, window.in_size)), c))
+
+
+def to_channels_last(x, channels_last: bool):
+    """``(N, C, *S) -> (N, *S, C)`` unless already channels-last."""
+    return x if channels_last else jnp.transpose(x, (0, *range(2, x.ndim), 1))
+
+
+def from_channels_last(x, channels_last: bool):
+    """``(N, *S, C) -> (N, C, *S)`` unless channels-last is wanted."""
+    return x if channels_last else jnp.transpose(x, (0, x.ndim - 1, *range(1, x.ndim - 1)))
+
+
+def _image_window(shape, kernel_size, stride, padding, dilation, channels_last, fn):
+    spatial = shape[1:3] if channels_last else shape[2:4]
+    return make_window(spatial, kernel_size, stride, padding, dilation, fn)
+
+
+def im2col(x, kernel_size, *, stride=1, padding=0, dilation=1, data_format="NHWC"):
+    """Unroll the receptive fields of an image batch into a matrix.
+
+    Args:
+      x: ``(N, H, W, C)`` (NHWC) or ``(N, C, H, W)`` (NCHW), float.
+      kernel_size, stride, dilation: int or pair; padding: as :func:`conv2d` (zeros).
+
+    Returns:
+      ``(N*OH*OW, KH*KW*C)``; row ``(n*OH + i)*OW + j`` is the receptive field of output
+      pixel ``(i, j)`` of image ``n``, in column order ``(KH, KW, C)`` for NHWC and
+      ``(C, KH, KW)`` for NCHW.
+    """
+    channels_last = _checks.is_channels_last(data_format, 2, "im2col")
+    x = _checks.float_array(x, "x", "im2col")
+    _checks.check_rank(x, 4, "x", "im2col", data_format)
+    window = _image_window(x.shape, kernel_size, stride, padding, dilation, channels_last, "im2col")
+    p = patches(to_channels_last(x, channels_last), window)
+    if not channels_last:
+        p = jnp.transpose(p, (0, 1, 2, 5, 3, 4))
+    return p.reshape(-1, p.shape[3] * p.shape[4] * p.shape[5])
+
+
+def col2im(cols, input_shape, kernel_size, *, stride=1, padding=0, dilation=1, data_format="NHWC"):
+    """Adjoint of :func:`im2col`: fold ``(N*OH*OW, KH*KW*C)`` back into ``input_shape``.
+
+    Every entry of ``cols`` is added to the input pixel it was read from, so
+    pixels shared by overlapping receptive fields receive the sum (entries read
+    from the zero padding are dropped). Arguments as in :func:`im2col`.
+    """
+    channels_last = _checks.is_channels_last(data_format, 2, "col2im")
+    cols = _checks.float_array(cols, "cols", "col2im")
+    input_shape = tuple(int(v) for v in input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(f"col2im: input_shape must have 4 entries ({data_format}), got {input_shape}")
+    window = _image_window(input_shape, kernel_size, stride, padding, dilation, channels_last, "col2im")
+    n, c = input_shape[0], input_shape[3 if channels_last else 1]
+    (oh, ow), (kh, kw) = window.out_size, window.kernel_size
+    expected = (n * oh * ow, kh * kw * c)
+    if tuple(cols.shape) != expected:
+        raise ValueError(f"col2im: cols must have shape {expected} for input_shape {input_shape}, "
+                         f"got {tuple(cols.shape)}")
+    if channels_last:
+        p = cols.reshape(n, oh, ow, kh, kw, c)
+    else:
+        p = jnp.transpose(cols.reshape(n, oh, ow, c, kh, kw), (0, 1, 2, 4, 5, 3))
+    return from_channels_last(unpatches(p, window), channels_last)
+
+
+# --- convolution with the textbook backward pass -------------------------------------------
+#
+# With G groups, group g's O/G filters see only its C/G channels, so the matmul is
+# block-diagonal: one (M, K/G) @ (K/G, O/G) product per group, batched group-major.
+# M = N*OH*OW rows, K = KH*KW*C columns. For G = 1 the transposes below are free.
+
+
+def _group_cols(cols, groups):
+    """``(N, OH, OW, KH, KW, C) -> (G, M, KH*KW*C/G)``: each group's im2col matrix."""
+    n, oh, ow, kh, kw, c = cols.shape
+    grouped = cols.reshape(n * oh * ow, kh * kw, groups, c // groups).transpose(2, 0, 1, 3)
+    return grouped.reshape(groups, n * oh * ow, kh * kw * (c // groups))
+
+
+def _ungroup_cols(cols_g, shape):
+    n, oh, ow, kh, kw, c = shape
+    groups = cols_g.shape[0]
+    return cols_g.reshape(groups, -1, kh * kw, c // groups).transpose(1, 2, 0, 3).reshape(shape)
+
+
+def _group_weight(w, groups):
+    """HWIO ``(KH, KW, C/G, O) -> (G, KH*KW*C/G, O/G)``: each group's filter matrix."""
+    kh, kw, cg, o = w.shape
+    return w.reshape(kh * kw * cg, groups, o // groups).transpose(1, 0, 2)
+
+
+def _ungroup_weight(w_g, shape):
+    return w_g.transpose(1, 0, 2).reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_nhwc(x, w, b, window: Window, groups: int):
+    return _conv_nhwc_fwd(x, w, b, window, groups)[0]
+
+
+def _conv_nhwc_fwd(x, w, b, window, groups):
+    cols = patches(x, window)  # im2col, (N, OH, OW, KH, KW, C)
+    n, oh, ow = cols.shape[:3]
+    cols_g, w_g = _group_cols(cols, groups), _group_weight(w, groups)
+    y = jnp.matmul(cols_g, w_g)  # (G, M, O/G)
+    y = y.transpose(1, 0, 2).reshape(n, oh, ow, w.shape[3])
+    if b is not None:
+        y = y + b
+    return y, (cols_g, w, b)
+
+
+def _conv_nhwc_bwd(window, groups, residuals, dy):
+    cols_g, w, b = residuals
+    cols_shape = (*dy.shape[:3], *window.kernel_size, w.shape[2] * groups)
+    dy_g = dy.reshape(-1, groups, w.shape[3] // groups).transpose(1, 0, 2)  # (G, M, O/G)
+    dw = _ungroup_weight(jnp.matmul(cols_g.transpose(0, 2, 1), dy_g), w.shape)  # cols^T . dy
+    db = None if b is None else jnp.sum(dy, axis=(0, 1, 2)).astype(b.dtype)  # sum of dy
+    dcols = jnp.matmul(dy_g, _group_weight(w, groups).transpose(0, 2, 1))  # dy . W^T
+    dx = unpatches(_ungroup_cols(dcols, cols_shape), window)  # col2im
+    return dx.astype(cols_g.dtype), dw.astype(w.dtype), db
+
+
+_conv_nhwc.defvjp(_conv_nhwc_fwd, _conv_nhwc_bwd)
+
+
+def conv2d_im2col(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
+                  padding_mode="zeros", data_format="NHWC"):
+    """:func:`jaxcnn.ops.conv2d` computed as ``im2col`` + one matmul (per group).
+
+    Same signature, validation and results as ``conv2d``. Its gradient is the
+    textbook one, by ``jax.custom_vjp``: ``dW = colsᵀ·dy``, ``db = Σ dy``,
+    ``dx = col2im(dy·Wᵀ)``; reflect/replicate/circular padding is applied
+    before the im2col and differentiated by JAX.
+    """
+    x, w, b, spec = resolve_conv(
+        x, w, b, ndim=2, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode, data_format=data_format, fn="conv2d_im2col",
+    )
+    x, pads = apply_padding_mode(x, spec)
+    x = to_channels_last(x, spec.channels_last)
+    if not spec.channels_last:
+        w = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+    window = Window(spec.kernel_size, spec.stride, spec.dilation, pads, tuple(x.shape[1:3]))
+    return from_channels_last(_conv_nhwc(x, w, b, window, spec.groups), spec.channels_last)
