@@ -1,0 +1,226 @@
+"""Gradient check of the conv and pool primitives, as a command users run.
+
+    python -m jaxcnn.gradcheck [--num 12] [--seed 0]
+
+For random configurations (strides, dilation, groups, every padding form and
+mode, both data formats) it prints one row per case with the max relative
+errors of
+
+* ``conv2d_im2col`` (hand-written im2col/col2im VJP) against ``conv2d`` (lax):
+  forward, and the gradients w.r.t. input, weight and bias;
+* each backend's reverse-mode gradient against central finite differences
+  in float64, along a random direction of all inputs at once;
+* the im2col pooling variants against the ``lax.reduce_window`` ones;
+
+and exits 1 if any error is above its tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcnn import ops
+
+MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+    """One convolution configuration, always valid."""
+
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    stride: tuple[int, int]
+    padding: Any
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str
+    data_format: str
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    padding_mode=self.padding_mode, data_format=self.data_format)
+
+    def describe(self) -> str:
+        pad = self.padding if isinstance(self.padding, str) else str(self.padding).replace(" ", "")
+        return (f"{self.data_format} x{list(self.x_shape)} w{list(self.w_shape)} s{list(self.stride)} "
+                f"d{list(self.dilation)} g{self.groups} p={pad} {self.padding_mode}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolCase:
+    kind: str  # "max" | "avg"
+    x_shape: tuple[int, ...]
+    kwargs: dict
+
+    def describe(self) -> str:
+        kw = self.kwargs
+        opts = f"k{list(kw['kernel_size'])} s{list(kw['stride'])} p{list(kw['padding'])}"
+        if self.kind == "max":
+            opts += f" d{list(kw['dilation'])}"
+        else:
+            opts += " incl-pad" if kw["count_include_pad"] else " excl-pad"
+        if kw["ceil_mode"]:
+            opts += " ceil"
+        return f"{self.kind}_pool2d {kw['data_format']} x{list(self.x_shape)} {opts}"
+
+
+def random_conv_case(rng: np.random.Generator) -> ConvCase:
+    """A random valid 2-D convolution: kernel fits the padded input, pads fit the mode."""
+    groups = int(rng.choice([1, 1, 2, 3]))
+    c_in, c_out = groups * int(rng.integers(1, 3)), groups * int(rng.integers(1, 3))
+    kernel = tuple(int(k) for k in rng.integers(1, 4, 2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, 2))
+    dilation = tuple(int(d) for d in rng.integers(1, 3, 2))
+    mode = str(rng.choice(MODES))
+    style = rng.choice(["int", "pairs", "SAME", "VALID"])
+    pads = [(int(rng.integers(0, 3)), int(rng.integers(0, 3))) for _ in range(2)]
+    padding = {"int": pads[0][0], "pairs": tuple(pads), "SAME": "SAME", "VALID": "VALID"}[style]
+    size = []
+    for i, (k, d) in enumerate(zip(kernel, dilation)):
+        lo, hi = {"int": (pads[0][0],) * 2, "pairs": pads[i]}.get(style, (0, 0))
+        low = max(1, d * (k - 1) + 1 - lo - hi, max(lo, hi) + 1, d * (k - 1))  # SAME pads < eff kernel
+        size.append(low + int(rng.integers(0, 4)))
+    n = int(rng.integers(1, 3))
+    channels_last = bool(rng.integers(0, 2))
+    if channels_last:
+        x_shape, w_shape = (n, *size, c_in), (*kernel, c_in // groups, c_out)
+    else:
+        x_shape, w_shape = (n, c_in, *size), (c_out, c_in // groups, *kernel)
+    return ConvCase(x_shape, w_shape, stride, padding, dilation, groups, mode,
+                    "NHWC" if channels_last else "NCHW")
+
+
+def random_pool_case(rng: np.random.Generator) -> PoolCase:
+    kind = str(rng.choice(["max", "avg"]))
+    kernel = tuple(int(k) for k in rng.integers(1, 4, 2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, 2))
+    dilation = tuple(int(d) for d in rng.integers(1, 3, 2)) if kind == "max" else (1, 1)
+    padding = tuple(int(rng.integers(0, (d * (k - 1) + 1) // 2 + 1)) for k, d in zip(kernel, dilation))
+    size = [d * (k - 1) + 1 + int(rng.integers(0, 5)) for k, d in zip(kernel, dilation)]
+    c, n = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    channels_last = bool(rng.integers(0, 2))
+    kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=bool(rng.integers(0, 2)),
+                  data_format="NHWC" if channels_last else "NCHW")
+    if kind == "max":
+        kwargs["dilation"] = dilation
+    else:
+        kwargs["count_include_pad"] = bool(rng.integers(0, 2))
+    return PoolCase(kind, (n, *size, c) if channels_last else (n, c, *size), kwargs)
+
+
+def relative_error(actual, expected) -> float:
+    """max |actual - expected| / max(|expected|), with the scale floored at 1e-30."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return float(np.abs(actual - expected).max(initial=0.0) / max(np.abs(expected).max(initial=0.0), 1e-30))
+
+
+def _value_and_vjp(fn: Callable, args: Sequence, cotangent) -> list:
+    def run(args_, cot):
+        y, vjp = jax.vjp(fn, *args_)
+        return [y, *vjp(cot)]
+
+    return jax.jit(run)(args, cotangent)
+
+
+def finite_difference_error(fn: Callable, args: Sequence, rng: np.random.Generator, eps: float = 1e-5) -> float:
+    """Reverse-mode gradient of ``sum(tanh(fn(*args)) * r)`` vs central differences, in float64.
+
+    Compares the directional derivative ``<grad, v>`` along a random unit
+    direction ``v`` of all arguments with ``(L(a + eps v) - L(a - eps v)) / (2 eps)``.
+    """
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a, jnp.float64) for a in args]
+        r = jnp.asarray(rng.standard_normal(jax.eval_shape(fn, *args).shape))
+        loss = jax.jit(lambda *a: jnp.sum(jnp.tanh(fn(*a)) * r))
+        grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
+        direction = [rng.standard_normal(a.shape) for a in args]
+        norm = np.sqrt(sum(np.sum(v**2) for v in direction))
+        direction = [jnp.asarray(v / norm) for v in direction]
+        analytic = sum(float(jnp.vdot(g, v)) for g, v in zip(grads, direction))
+        plus = loss(*(a + eps * v for a, v in zip(args, direction)))
+        minus = loss(*(a - eps * v for a, v in zip(args, direction)))
+        numeric = float(plus - minus) / (2 * eps)
+    return abs(analytic - numeric) / max(abs(numeric), abs(analytic), 1e-12)
+
+
+def check_conv(case: ConvCase, rng: np.random.Generator) -> dict[str, float]:
+    x = rng.standard_normal(case.x_shape).astype(np.float32)
+    w = rng.standard_normal(case.w_shape).astype(np.float32)
+    b = rng.standard_normal(case.w_shape[-1 if case.data_format == "NHWC" else 0]).astype(np.float32)
+    lax_conv = lambda *a: ops.conv2d(*a, **case.kwargs)
+    im2col_conv = lambda *a: ops.conv2d_im2col(*a, **case.kwargs)
+    dy = rng.standard_normal(jax.eval_shape(lax_conv, x, w, b).shape).astype(np.float32)
+    expected = _value_and_vjp(lax_conv, (x, w, b), dy)
+    actual = _value_and_vjp(im2col_conv, (x, w, b), dy)
+    errors = {name: relative_error(a, e) for name, a, e in zip(("fwd", "dx", "dw", "db"), actual, expected)}
+    errors["fd lax"] = finite_difference_error(lax_conv, (x, w, b), rng)
+    errors["fd im2col"] = finite_difference_error(im2col_conv, (x, w, b), rng)
+    return errors
+
+
+def check_pool(case: PoolCase, rng: np.random.Generator) -> dict[str, float]:
+    # distinct values: a max-pool tie has no derivative for finite differences to find
+    x = rng.permutation(np.prod(case.x_shape)).reshape(case.x_shape).astype(np.float32) / np.prod(case.x_shape)
+    lax_pool = {"max": ops.max_pool2d, "avg": ops.avg_pool2d}[case.kind]
+    im2col_pool = {"max": ops.max_pool2d_im2col, "avg": ops.avg_pool2d_im2col}[case.kind]
+    lax_fn = lambda v: lax_pool(v, **case.kwargs)
+    im2col_fn = lambda v: im2col_pool(v, **case.kwargs)
+    dy = rng.standard_normal(jax.eval_shape(lax_fn, x).shape).astype(np.float32)
+    expected, actual = _value_and_vjp(lax_fn, (x,), dy), _value_and_vjp(im2col_fn, (x,), dy)
+    errors = {name: relative_error(a, e) for name, a, e in zip(("fwd", "dx"), actual, expected)}
+    errors["fd lax"] = finite_difference_error(lax_fn, (x,), rng, eps=1e-6)
+    errors["fd im2col"] = finite_difference_error(im2col_fn, (x,), rng, eps=1e-6)
+    return errors
+
+
+COLUMNS = ("fwd", "dx", "dw", "db", "fd lax", "fd im2col")
+
+
+def format_table(rows: list[tuple[str, dict[str, float]]], tolerances: dict[str, float]) -> str:
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'case':<{width}}  " + "  ".join(f"{c:>9}" for c in COLUMNS) + "  ok"]
+    for name, errors in rows:
+        cells = "  ".join(f"{errors[c]:9.1e}" if c in errors else f"{'-':>9}" for c in COLUMNS)
+        ok = all(v <= tolerances[k] for k, v in errors.items())
+        lines.append(f"{name:<{width}}  {cells}  {'ok' if ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxcnn.gradcheck", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--num", type=int, default=12, help="random conv cases (and half as many pool cases)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tol", type=float, default=1e-4, help="im2col vs lax, float32 (default 1e-4)")
+    parser.add_argument("--fd-tol", type=float, default=1e-6, help="reverse mode vs finite differences, float64")
+    args = parser.parse_args(argv)
+    if args.num < 1:
+        parser.error(f"--num must be >= 1, got {args.num}")
+    tolerances = {c: args.tol for c in ("fwd", "dx", "dw", "db")} | {"fd lax": args.fd_tol, "fd im2col": args.fd_tol}
+
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for _ in range(args.num):
+        case = random_conv_case(rng)
+        rows.append((case.describe(), check_conv(case, rng)))
+    for _ in range(max(1, args.num // 2)):
+        case = random_pool_case(rng)
+        rows.append((case.describe(), check_pool(case, rng)))
+    print(format_table(rows, tolerances))
+    failed = sum(any(v > tolerances[k] for k, v in errors.items()) for _, errors in rows)
+    worst = {c: max((e[c] for _, e in rows if c in e), default=0.0) for c in COLUMNS}
+    print(f"\n{len(rows)} cases, {failed} failed; worst: " + ", ".join(f"{c} {v:.1e}" for c, v in worst.items()))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
