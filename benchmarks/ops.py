@@ -1,0 +1,98 @@
+"""Forward and forward+backward time of the lax and im2col convs and pools, side by side.
+
+    python benchmarks/ops.py [--batch 128] [--rounds 7]
+
+Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
+NHWC float32. Prints a markdown table: medians over rounds (spread: half the
+interquartile range), and the im2col/lax ratio (> 1 means im2col is slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import machine, median, side_by_side, spread  # noqa: E402
+
+from jaxcnn import ops  # noqa: E402
+
+# (name, input NHWC without batch, kernel HWIO, stride, padding)
+CONV_LAYERS = [
+    ("lenet5 C1 5x5 1->6", (32, 32, 1), (5, 5, 1, 6), 1, 0),
+    ("lenet5 C3 5x5 6->16", (14, 14, 6), (5, 5, 6, 16), 1, 0),
+    ("resnet20 stem 3x3 3->16", (32, 32, 3), (3, 3, 3, 16), 1, 1),
+    ("resnet20 stage1 3x3 16->16", (32, 32, 16), (3, 3, 16, 16), 1, 1),
+    ("resnet20 stage2 3x3/2 16->32", (32, 32, 16), (3, 3, 16, 32), 2, 1),
+    ("resnet20 stage2 3x3 32->32", (16, 16, 32), (3, 3, 32, 32), 1, 1),
+    ("resnet20 stage3 3x3 64->64", (8, 8, 64), (3, 3, 64, 64), 1, 1),
+]
+# (name, input NHWC without batch, kernel, stride, padding)
+POOL_LAYERS = [
+    ("lenet5 S2 max 2x2", (28, 28, 6), 2, 2, 0),
+    ("lenet5 S4 max 2x2", (10, 10, 16), 2, 2, 0),
+    ("resnet stem max 3x3/2 p1", (32, 32, 16), 3, 2, 1),
+]
+
+
+def conv_candidates(shape, kernel, stride, padding, batch):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel) * 0.1, jnp.float32)
+    out = {}
+    for backend, conv in (("lax", ops.conv2d), ("im2col", ops.conv2d_im2col)):
+        f = functools.partial(conv, stride=stride, padding=padding)
+        fwd = jax.jit(f)
+        fwd_bwd = jax.jit(jax.grad(lambda x_, w_, f=f: jnp.sum(f(x_, w_) ** 2), (0, 1)))
+        out[f"fwd {backend}"] = lambda fwd=fwd: fwd(x, w)
+        out[f"fwd+bwd {backend}"] = lambda g=fwd_bwd: g(x, w)
+    return out
+
+
+def pool_candidates(shape, kernel, stride, padding, batch):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)), jnp.float32)
+    out = {}
+    for kind, pools in (("max", (ops.max_pool2d, ops.max_pool2d_im2col)), ("avg", (ops.avg_pool2d, ops.avg_pool2d_im2col))):
+        for backend, pool in zip(("lax", "im2col"), pools):
+            f = functools.partial(pool, kernel_size=kernel, stride=stride, padding=padding)
+            fwd, fwd_bwd = jax.jit(f), jax.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
+            out[f"{kind} fwd {backend}"] = lambda fwd=fwd: fwd(x)
+            out[f"{kind} fwd+bwd {backend}"] = lambda g=fwd_bwd: g(x)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    print(f"`python benchmarks/ops.py --batch {args.batch} --rounds {args.rounds}` on {machine()}\n")
+    print("| layer | pass | lax ms | im2col ms | im2col / lax |")
+    print("|---|---|---|---|---|")
+    ratios = {"fwd": [], "fwd+bwd": []}
+    for name, shape, kernel, stride, padding in CONV_LAYERS:
+        s = side_by_side(conv_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
+        for p in ("fwd", "fwd+bwd"):
+            lax_t, im_t = s[f"{p} lax"], s[f"{p} im2col"]
+            ratios[p].append(median(im_t) / median(lax_t))
+            print(f"| {name} | {p} | {median(lax_t) * 1e3:.2f} {spread(lax_t)} | "
+                  f"{median(im_t) * 1e3:.2f} {spread(im_t)} | {ratios[p][-1]:.2f} |", flush=True)
+    for name, shape, kernel, stride, padding in POOL_LAYERS:
+        s = side_by_side(pool_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
+        for kind in ("max", "avg"):
+            for p in ("fwd", "fwd+bwd"):
+                lax_t, im_t = s[f"{kind} {p} lax"], s[f"{kind} {p} im2col"]
+                print(f"| {name.replace('max', kind)} | {p} | {median(lax_t) * 1e3:.2f} {spread(lax_t)} | "
+                      f"{median(im_t) * 1e3:.2f} {spread(im_t)} | {median(im_t) / median(lax_t):.2f} |", flush=True)
+    geo = {p: float(np.exp(np.mean(np.log(r)))) for p, r in ratios.items()}
+    print(f"\nconv im2col/lax geometric mean: fwd {geo['fwd']:.2f}, fwd+bwd {geo['fwd+bwd']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

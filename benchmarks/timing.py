@@ -1,0 +1,67 @@
+"""Side-by-side timing: candidates measured in alternating rounds, reported as medians."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+
+
+def block(tree):
+    return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
+
+
+def side_by_side(candidates: dict[str, Callable[[], object]], *, rounds: int = 7, min_time: float = 0.2
+                 ) -> dict[str, list[float]]:
+    """Seconds per call of each zero-argument callable, one sample per round.
+
+    Every candidate is warmed up (compiled) first; then each round runs every
+    candidate in turn, in a rotating order, for about ``min_time`` seconds, so
+    drift in machine load hits all candidates alike.
+    """
+    calls = {}
+    for name, fn in candidates.items():
+        block(fn())  # compile
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < min_time / 4 or n < 2:
+            block(fn())
+            n += 1
+        calls[name] = max(1, int(n * min_time / (time.perf_counter() - start) / 4 * 4))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn, n = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                out = fn()
+            block(out)
+            samples[name].append((time.perf_counter() - start) / n)
+    return samples
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def spread(samples: list[float]) -> str:
+    """Interquartile range as a percentage of the median."""
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+    return f"±{(q[2] - q[0]) / 2 / statistics.median(samples) * 100:.0f}%"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}), "
+            f"{datetime.date.today().isoformat()}")
