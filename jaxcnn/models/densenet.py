@@ -1,0 +1,96 @@
+"""DenseNets (Huang et al. 2016): torchvision's ImageNet family and DenseNet-BC-100 (k=12) for CIFAR.
+
+Dense layer: BN -> ReLU -> 1x1 conv (bn_size * growth) -> BN -> ReLU -> 3x3 conv
+(growth), its output concatenated to its input. Transition: BN -> ReLU -> 1x1
+conv halving the channels (compression 0.5) -> 2x2 average pool.
+
+* ``densenet121/169/201``: a 7x7/2 stem of 64 channels and 3x3/2 max pool, four
+  blocks of (6, 12, 24|32|48, 16|32|32) layers, growth 32; parameter counts equal
+  torchvision's (DenseNet-121: 7,978,856).
+* ``densenet_bc_100_12``: a 3x3 stem of 24 channels, three blocks of 16 layers,
+  growth 12 (depth 100 = 3 * 16 * 2 + 4); 769,162 parameters for 10 classes.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxcnn.layers import AvgPool, Conv, GlobalAvgPool, MaxPool, check_image_batch
+from jaxcnn.models.common import check_num_classes, kaiming_fan_in, logits
+
+
+class DenseLayer(nn.Module):
+    growth_rate: int
+    bn_size: int = 4
+    drop_rate: float = 0.0
+    conv: Any = Conv
+    norm: Any = nn.BatchNorm
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = self.conv(self.bn_size * self.growth_rate, 1, use_bias=False)(nn.relu(self.norm()(x)))
+        y = self.conv(self.growth_rate, 3, 1, 1, use_bias=False)(nn.relu(self.norm()(y)))
+        if self.drop_rate:
+            y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
+        return jnp.concatenate([x, y], axis=-1)
+
+
+class Transition(nn.Module):
+    features: int
+    conv: Any = Conv
+    norm: Any = nn.BatchNorm
+    backend: str = "xla"
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.conv(self.features, 1, use_bias=False)(nn.relu(self.norm()(x)))
+        return AvgPool(2, backend=self.backend)(x)
+
+
+class DenseNet(nn.Module):
+    block_config: tuple
+    growth_rate: int = 32
+    num_init_features: int = 64
+    bn_size: int = 4
+    drop_rate: float = 0.0
+    imagenet_stem: bool = True  # 7x7/2 conv + 3x3/2 max pool; False: one 3x3 conv (CIFAR)
+    num_classes: int = 1000
+    conv_backend: str = "xla"
+    dtype: Any = jnp.float32
+    bn_axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        check_num_classes(self.num_classes, self.name or "densenet")
+        check_image_batch(x, self.name or "densenet")
+        conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype, kernel_init=kaiming_fan_in)
+        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                       axis_name=self.bn_axis_name)
+        if self.imagenet_stem:
+            x = nn.relu(norm(name="stem_norm")(conv(self.num_init_features, 7, 2, 3, use_bias=False, name="stem_conv")(x)))
+            x = MaxPool(3, 2, padding=1, backend=self.conv_backend)(x)
+        else:
+            x = conv(self.num_init_features, 3, 1, 1, use_bias=False, name="stem_conv")(x)
+        for i, num_layers in enumerate(self.block_config):
+            for j in range(num_layers):
+                x = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, conv=conv, norm=norm,
+                               name=f"block{i + 1}_layer{j + 1}")(x, train)
+            if i < len(self.block_config) - 1:
+                x = Transition(x.shape[-1] // 2, conv=conv, norm=norm, backend=self.conv_backend,
+                               name=f"transition{i + 1}")(x)
+        x = GlobalAvgPool()(nn.relu(norm(name="final_norm")(x)))
+        return logits(nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x))
+
+
+MODELS = {
+    "densenet121": partial(DenseNet, block_config=(6, 12, 24, 16)),
+    "densenet169": partial(DenseNet, block_config=(6, 12, 32, 32)),
+    "densenet201": partial(DenseNet, block_config=(6, 12, 48, 32)),
+    "densenet_bc_100_12": partial(DenseNet, block_config=(16, 16, 16), growth_rate=12, num_init_features=24,
+                                  imagenet_stem=False, num_classes=10),
+}
+INPUT_SHAPES = {name: (32, 32, 3) if name == "densenet_bc_100_12" else (224, 224, 3) for name in MODELS}

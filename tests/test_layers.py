@@ -1,0 +1,92 @@
+"""jaxcnn.layers: the Conv layer is the op with its parameters; the shared pieces match their references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcnn import layers, ops
+from tests.ops.helpers import assert_close, randn
+
+
+@pytest.mark.parametrize("backend", ["xla", "im2col"])
+@pytest.mark.parametrize("kw", [dict(), dict(stride=2, padding=1), dict(groups=2, padding="SAME", dilation=2),
+                                dict(padding=(1, 2), padding_mode="reflect", use_bias=False)])
+def test_conv_layer_is_the_op_with_its_parameters(backend, kw):
+    x = randn(np.random.default_rng(0), (2, 7, 6, 4))
+    layer = layers.Conv(6, (3, 2), backend=backend, **kw)
+    variables = layer.init(jax.random.key(0), x)
+    params = variables["params"]
+    assert params["kernel"].shape == (3, 2, 4 // kw.get("groups", 1), 6)
+    assert ("bias" in params) == kw.get("use_bias", True)
+    op_kw = {k: v for k, v in kw.items() if k != "use_bias"}
+    expected = ops.conv2d(x, params["kernel"], params.get("bias"), **op_kw)
+    assert_close(layer.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_layer_computes_in_its_dtype_and_keeps_float32_params():
+    x = randn(np.random.default_rng(0), (1, 5, 5, 3))
+    layer = layers.Conv(4, 3, dtype=jnp.bfloat16)
+    variables = layer.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].dtype == jnp.float32
+    assert layer.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_conv_layer_errors():
+    x = jnp.zeros((1, 5, 5, 3))
+    with pytest.raises(ValueError, match=r"backend must be one of \('xla', 'im2col'\), got 'fft'"):
+        layers.Conv(4, 3, backend="fft").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"groups=2 must divide the 3 input channels"):
+        layers.Conv(4, 3, groups=2).init(jax.random.key(0), x)
+
+
+def _adaptive_reference(x, out):
+    """PyTorch's adaptive average pooling bins, by loops. x: (N, H, W, C)."""
+    n, h, w, c = x.shape
+    y = np.zeros((n, out, out, c))
+    for i in range(out):
+        h0, h1 = (i * h) // out, -(-((i + 1) * h) // out)
+        for j in range(out):
+            w0, w1 = (j * w) // out, -(-((j + 1) * w) // out)
+            y[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+    return y
+
+
+@pytest.mark.parametrize("in_size,out", [(1, 7), (5, 3), (7, 7), (10, 4), (3, 2)])
+def test_adaptive_avg_pool_bins(in_size, out):
+    x = randn(np.random.default_rng(0), (2, in_size, in_size, 3))
+    assert_close(layers.AdaptiveAvgPool(out).apply({}, x), _adaptive_reference(x, out))
+
+
+def test_local_response_norm_formula():
+    x = randn(np.random.default_rng(0), (2, 3, 3, 7))
+    size, alpha, beta, k = 5, 1e-2, 0.75, 2.0
+    y = layers.LocalResponseNorm(size, alpha, beta, k).apply({}, x)
+    x64 = x.astype(np.float64)
+    expected = np.zeros_like(x64)
+    for c in range(7):
+        lo, hi = max(0, c - size // 2), min(7, c + (size - 1) // 2 + 1)
+        expected[..., c] = x64[..., c] / (k + alpha / size * (x64[..., lo:hi] ** 2).sum(-1)) ** beta
+    assert_close(y, expected)
+
+
+def test_pool_layers_on_both_backends():
+    x = randn(np.random.default_rng(0), (2, 7, 7, 3))
+    for pool in (layers.MaxPool(3, 2, padding=1, ceil_mode=True), layers.AvgPool(3, 2, ceil_mode=True)):
+        xla = pool.apply({}, x)
+        im2col = pool.clone(backend="im2col").apply({}, x)
+        assert_close(im2col, xla, rtol=1e-6, atol=1e-6)
+    assert layers.GlobalAvgPool().apply({}, x).shape == (2, 3)
+    assert layers.Flatten().apply({}, x).shape == (2, 147)
+
+
+def test_layers_match_torch_where_installed():
+    torch = pytest.importorskip("torch")
+    x = randn(np.random.default_rng(0), (2, 5, 4, 9))
+    xt = torch.tensor(np.moveaxis(x, -1, 1), dtype=torch.float64)
+    lrn = torch.nn.functional.local_response_norm(xt, 4, alpha=1e-2, beta=0.75, k=2.0).numpy()
+    assert_close(layers.LocalResponseNorm(4, 1e-2, 0.75, 2.0).apply({}, x), np.moveaxis(lrn, 1, -1))
+    ada = torch.nn.functional.adaptive_avg_pool2d(xt, (3, 3)).numpy()
+    assert_close(layers.AdaptiveAvgPool(3).apply({}, x[:, :4, :4]), np.moveaxis(
+        torch.nn.functional.adaptive_avg_pool2d(xt[:, :, :4, :4], (3, 3)).numpy(), 1, -1))
+    assert ada.shape == (2, 9, 3, 3)
