@@ -64,9 +64,13 @@ def test_every_model_has_a_published_count():
 
 
 @pytest.mark.parametrize("name", list(PUBLISHED))
-def test_parameter_count_matches_published(name):
+def test_parameter_count_matches_published_and_summary(name):
     num_classes, expected, _source = PUBLISHED[name]
-    assert _param_count(models.create(name, num_classes=num_classes), models.input_shape(name)) == expected
+    model = models.create(name, num_classes=num_classes)
+    assert _param_count(model, models.input_shape(name)) == expected
+    rows, _ = models.layer_table(model, models.input_shape(name))
+    assert sum(r.params for r in rows) == expected  # every parameter belongs to one summarised layer
+    assert models.summary(model, models.input_shape(name)).splitlines()[-1].startswith(f"total params: {expected:,}")
 
 
 @pytest.mark.parametrize("name", models.names())
