@@ -58,7 +58,8 @@ def conv_candidates(shape, kernel, stride, padding, batch):
 def pool_candidates(shape, kernel, stride, padding, batch):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)), jnp.float32)
     out = {}
-    for kind, pools in (("max", (ops.max_pool2d, ops.max_pool2d_im2col)), ("avg", (ops.avg_pool2d, ops.avg_pool2d_im2col))):
+    pools_by_kind = {"max": (ops.max_pool2d, ops.max_pool2d_im2col), "avg": (ops.avg_pool2d, ops.avg_pool2d_im2col)}
+    for kind, pools in pools_by_kind.items():
         for backend, pool in zip(("lax", "im2col"), pools):
             f = functools.partial(pool, kernel_size=kernel, stride=stride, padding=padding)
             fwd, fwd_bwd = jax.jit(f), jax.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))

@@ -21,8 +21,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import Conv, Flatten, LocalResponseNorm, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, logits
+from jaxcnn.layers import Conv, Flatten, LocalResponseNorm, MaxPool
+from jaxcnn.models.common import check_inputs, logits
 
 ALEXNET_LAYERS = ((96, 11, 4, 0, True), (256, 5, 1, 2, True), (384, 3, 1, 1, False), (384, 3, 1, 1, False),
                   (256, 3, 1, 1, True))
@@ -40,8 +40,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "alexnet")
-        check_image_batch(x, self.name or "alexnet")
+        check_inputs(self, x, "alexnet")
         for i, (features, kernel, stride, padding, pool) in enumerate(self.layers):
             x = nn.relu(Conv(features, kernel, stride, padding, backend=self.conv_backend, dtype=self.dtype,
                              name=f"conv{i + 1}")(x))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxcnn.layers import check_image_batch
 
 # He et al.'s initialisation, as torchvision applies it to convolutions (fan_out, normal).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -13,6 +17,23 @@ kaiming_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 def check_num_classes(num_classes, model: str) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"{model}: num_classes must be a positive int, got {num_classes!r}")
+
+
+def check_inputs(model: nn.Module, x, default_name: str) -> None:
+    """The checks every model runs first: a positive ``num_classes`` and an NHWC float batch."""
+    name = model.name or default_name
+    check_num_classes(model.num_classes, name)
+    check_image_batch(x, name)
+
+
+def batch_norm(train: bool, dtype, axis_name: str | None = None, epsilon: float = 1e-5):
+    """BatchNorm as torchvision configures it (PyTorch momentum 0.1 is Flax momentum 0.9).
+
+    In train mode it normalises with batch statistics and updates ``batch_stats``;
+    ``axis_name`` makes the statistics cover the batch across devices.
+    """
+    return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype,
+                   axis_name=axis_name)
 
 
 def logits(x):

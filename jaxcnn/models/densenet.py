@@ -19,8 +19,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import AvgPool, Conv, GlobalAvgPool, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, kaiming_fan_in, logits
+from jaxcnn.layers import AvgPool, Conv, GlobalAvgPool, MaxPool
+from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_in, logits
 
 
 class DenseLayer(nn.Module):
@@ -65,13 +65,12 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "densenet")
-        check_image_batch(x, self.name or "densenet")
+        check_inputs(self, x, "densenet")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype, kernel_init=kaiming_fan_in)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                       axis_name=self.bn_axis_name)
+        norm = batch_norm(train, self.dtype, self.bn_axis_name)
         if self.imagenet_stem:
-            x = nn.relu(norm(name="stem_norm")(conv(self.num_init_features, 7, 2, 3, use_bias=False, name="stem_conv")(x)))
+            x = conv(self.num_init_features, 7, 2, 3, use_bias=False, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_norm")(x))
             x = MaxPool(3, 2, padding=1, backend=self.conv_backend)(x)
         else:
             x = conv(self.num_init_features, 3, 1, 1, use_bias=False, name="stem_conv")(x)

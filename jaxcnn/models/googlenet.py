@@ -17,8 +17,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, GlobalAvgPool, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, logits
+from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, GlobalAvgPool, MaxPool
+from jaxcnn.models.common import batch_norm, check_inputs, logits
 
 # name, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection; "M" is a 3x3/2 max pool (2x2/2 before 5a)
 INCEPTIONS = (
@@ -86,12 +86,10 @@ class GoogLeNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "googlenet")
-        check_image_batch(x, self.name or "googlenet")
+        check_inputs(self, x, "googlenet")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype,
                        kernel_init=nn.initializers.truncated_normal(0.01))
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3, dtype=self.dtype,
-                       axis_name=self.bn_axis_name)
+        norm = batch_norm(train, self.dtype, self.bn_axis_name, epsilon=1e-3)
         block = partial(BasicConv, conv=conv, norm=norm)
         pool = partial(MaxPool, ceil_mode=True, backend=self.conv_backend)
         x = pool(3, 2)(block(64, 7, 2, 3, name="conv1")(x))

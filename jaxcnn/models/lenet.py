@@ -15,8 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import AvgPool, Conv, Flatten, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, logits
+from jaxcnn.layers import AvgPool, Conv, Flatten, MaxPool
+from jaxcnn.models.common import check_inputs, logits
 
 
 class LeNet5(nn.Module):
@@ -27,8 +27,7 @@ class LeNet5(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "lenet5")
-        check_image_batch(x, self.name or "lenet5")
+        check_inputs(self, x, "lenet5")
         act = jnp.tanh if self.classic else nn.relu
         pool = partial(AvgPool if self.classic else MaxPool, 2, backend=self.conv_backend)
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype)

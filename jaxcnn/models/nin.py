@@ -15,8 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import Conv, GlobalAvgPool, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, logits
+from jaxcnn.layers import Conv, GlobalAvgPool, MaxPool
+from jaxcnn.models.common import check_inputs, logits
 
 # (features, kernel, stride, padding); the last block's width is num_classes
 BLOCKS = ((96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1))
@@ -44,8 +44,7 @@ class NiN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "nin")
-        check_image_batch(x, self.name or "nin")
+        check_inputs(self, x, "nin")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype)
         for features, kernel, stride, padding in BLOCKS:
             x = NiNBlock(features, kernel, stride, padding, conv=conv)(x)

@@ -23,8 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import Conv, GlobalAvgPool, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, kaiming_fan_in, kaiming_fan_out, logits
+from jaxcnn.layers import Conv, GlobalAvgPool, MaxPool
+from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_in, kaiming_fan_out, logits
 
 
 class BasicBlock(nn.Module):
@@ -86,11 +86,9 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "resnet")
-        check_image_batch(x, self.name or "resnet")
+        check_inputs(self, x, "resnet")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype, kernel_init=kaiming_fan_out)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                       axis_name=self.bn_axis_name)
+        norm = batch_norm(train, self.dtype, self.bn_axis_name)
         x = nn.relu(norm(name="stem_norm")(conv(64, 7, 2, 3, use_bias=False, name="stem_conv")(x)))
         x = MaxPool(3, 2, padding=1, backend=self.conv_backend)(x)
         for stage, num_blocks in enumerate(self.stage_sizes):
@@ -112,13 +110,11 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or f"resnet{self.depth}")
-        check_image_batch(x, self.name or f"resnet{self.depth}")
+        check_inputs(self, x, f"resnet{self.depth}")
         if (self.depth - 2) % 6:
             raise ValueError(f"CifarResNet: depth must be 6n + 2, got {self.depth}")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype, kernel_init=kaiming_fan_in)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                       axis_name=self.bn_axis_name)
+        norm = batch_norm(train, self.dtype, self.bn_axis_name)
         x = nn.relu(norm(name="stem_norm")(conv(16, 3, 1, 1, use_bias=False, name="stem_conv")(x)))
         for stage in range(3):
             for b in range((self.depth - 2) // 6):

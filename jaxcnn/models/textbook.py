@@ -32,8 +32,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import Conv, Flatten, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, logits
+from jaxcnn.layers import Conv, Flatten, MaxPool
+from jaxcnn.models.common import batch_norm, check_inputs, logits
 
 
 class PlainCNN(nn.Module):
@@ -50,8 +50,7 @@ class PlainCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "PlainCNN")
-        check_image_batch(x, self.name or "PlainCNN")
+        check_inputs(self, x, "PlainCNN")
         for i, block in enumerate(self.blocks):
             for j, (features, kernel, padding) in enumerate(block):
                 x = nn.relu(Conv(features, kernel, padding=padding, backend=self.conv_backend, dtype=self.dtype,
@@ -63,8 +62,7 @@ class PlainCNN(nn.Module):
         for i, width in enumerate(self.dense):
             x = nn.Dense(width, dtype=self.dtype, kernel_init=self.kernel_init, name=f"dense{i + 1}")(x)
             if self.dense_norm:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                                 axis_name=self.bn_axis_name, name=f"dense{i + 1}_norm")(x)
+                x = batch_norm(train, self.dtype, self.bn_axis_name)(name=f"dense{i + 1}_norm")(x)
             x = nn.relu(x)
             if self.dense_dropout:
                 x = nn.Dropout(self.dense_dropout, deterministic=not train)(x)

@@ -16,8 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, MaxPool, check_image_batch
-from jaxcnn.models.common import check_num_classes, kaiming_fan_out, logits
+from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, MaxPool
+from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_out, logits
 
 CONFIGS = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -40,14 +40,12 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        check_num_classes(self.num_classes, self.name or "vgg")
-        check_image_batch(x, self.name or "vgg")
+        check_inputs(self, x, "vgg")
         if self.head not in HEADS:
             raise ValueError(f"{self.name or 'vgg'}: head must be one of {HEADS}, got {self.head!r}")
         conv = partial(Conv, kernel_size=3, padding=1, backend=self.conv_backend, dtype=self.dtype,
                        kernel_init=kaiming_fan_out)
-        norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                       axis_name=self.bn_axis_name)
+        norm = batch_norm(train, self.dtype, self.bn_axis_name)
         for v in self.config:
             if v == "M":
                 x = MaxPool(2, backend=self.conv_backend)(x)

@@ -160,7 +160,7 @@ def _conv(x, w, b, *, ndim, stride, padding, dilation, groups, padding_mode, dat
 
 def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
            data_format="NWC"):
-    """1-D convolution. ``x``: ``(N, W, C)`` (or ``(N, C, W)``); ``w``: ``(KW, C/groups, O)`` (or ``(O, C/groups, KW)``).
+    """1-D convolution. ``x``: ``(N, W, C)`` (or ``(N, C, W)``); ``w``: ``(KW, C/groups, O)`` (or OIW).
 
     Returns ``(N, OW, O)`` (or ``(N, O, OW)``), ``OW = conv_output_size(W, KW, stride, padding, dilation)``.
     See :func:`conv2d` for the options.
