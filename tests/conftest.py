@@ -1,6 +1,10 @@
 import os
 
+import jax
 from hypothesis import settings
+
+# Four virtual CPU devices, so data-parallel code is tested here; single-device code uses the first.
+jax.config.update("jax_num_cpu_devices", 4)
 
 # Compiling a new shape costs far more than running it: no per-example deadline.
 settings.register_profile("jaxcnn", deadline=None, max_examples=int(os.environ.get("JAXCNN_HYPOTHESIS_EXAMPLES", 25)),
