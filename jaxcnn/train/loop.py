@@ -198,8 +198,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 train["learning_rate"] = float(sums[-1]["learning_rate"])
                 train["images_per_sec"] = len(pending) * config.batch_size / max(elapsed, 1e-9)
                 writer.write(done, "train", train)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in train.items() if k in ("loss", "accuracy", "images_per_sec")},
-                                refresh=False)
+                shown = ("loss", "accuracy", "images_per_sec")
+                bar.set_postfix({k: f"{v:.4g}" for k, v in train.items() if k in shown}, refresh=False)
                 bar.update(len(pending))
                 pending, first_window, window_start, paused = [], False, time.time(), 0.0
             if eval_now:

@@ -39,7 +39,8 @@ class MetricWriter:
             from tensorboard.compat.proto.event_pb2 import Event
             from tensorboard.compat.proto.summary_pb2 import Summary
 
-            summary = Summary(value=[Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in values.items()])
+            summary = Summary(value=[Summary.Value(tag=f"{split}/{k}", simple_value=float(v))
+                                     for k, v in values.items()])
             self._tb.add_event(Event(wall_time=time.time(), step=int(step), summary=summary))
             self._tb.flush()
 
