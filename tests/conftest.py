@@ -1,6 +1,7 @@
 import os
 
 import jax
+import pytest
 from hypothesis import settings
 
 # Four virtual CPU devices, so data-parallel code is tested here; single-device code uses the first.
@@ -10,3 +11,9 @@ jax.config.update("jax_num_cpu_devices", 4)
 settings.register_profile("jaxcnn", deadline=None, max_examples=int(os.environ.get("JAXCNN_HYPOTHESIS_EXAMPLES", 25)),
                           derandomize=True, print_blob=True)
 settings.load_profile("jaxcnn")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One tfds data_dir for the session: each offline dataset is generated into it once."""
+    return str(tmp_path_factory.mktemp("tensorflow_datasets"))

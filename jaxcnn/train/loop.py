@@ -184,8 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, metrics = train_fn(state, next(batches))
             pending.append(metrics)
             done = step + 1
+            stop = signals.received  # read once: a signal arriving later is handled after the next step
             eval_now = done % eval_every == 0 or done == total_steps
-            save_now = done % checkpoint_every == 0 or done == total_steps or signals.received
+            save_now = done % checkpoint_every == 0 or done == total_steps or stop
             if done % config.log_every_steps == 0 or eval_now or save_now:
                 sums = jax.device_get(pending)  # waits for the steps: the loop runs ahead of the device
                 _check_finite(state, checkpoints)
@@ -211,8 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 tick = time.time()
                 checkpoints.save(done, state)
                 paused += time.time() - tick
-            if signals.received:
-                stopped_by = signals.received
+            if stop:
+                stopped_by = stop
                 break
     checkpoints.close()
 

@@ -56,7 +56,11 @@ def compile_steps(mode: str, mesh: Mesh | None, train_step, eval_step):
     if mode == "jit":
         train = jax.jit(train_step, donate_argnums=0, in_shardings=(rep, data), out_shardings=(rep, rep))
         return train, jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
-    per_device = functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P())
+    # check_vma=False: the classic pmap semantics. Each device differentiates its own replica of the
+    # parameters and the step averages the gradients itself with lax.pmean (with vma checking on, JAX
+    # would instead sum them implicitly when transposing the parameters' broadcast).
+    per_device = functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
+                                   check_vma=False)
     train = jax.jit(per_device(train_step, out_specs=(P(), P())), donate_argnums=0)
     return train, jax.jit(per_device(eval_step))
 

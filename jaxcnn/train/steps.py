@@ -69,8 +69,8 @@ def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTr
 
     With ``grad_accum_steps = k`` the batch is split into k micro-batches whose
     gradients are averaged (BatchNorm statistics advance micro-batch by micro-batch).
-    A non-finite loss leaves the state untouched and records the step in
-    ``nonfinite_step``; with float16 dynamic loss scaling, non-finite gradients
+    A non-finite loss records the step in ``nonfinite_step`` and freezes the
+    state there (later steps change nothing) until the loop notices; with float16 dynamic loss scaling, non-finite gradients
     instead halve the scale and skip the update.
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -102,7 +102,7 @@ def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTr
 
     grads_finite = _all_finite(grads)
     loss_finite = jnp.isfinite(loss)
-    apply = loss_finite & grads_finite
+    apply = loss_finite & grads_finite & (state.nonfinite_step < 0)  # after a non-finite loss, freeze
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new, old)

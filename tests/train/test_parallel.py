@@ -1,0 +1,55 @@
+"""Data-parallel modes against one device, on 4 virtual CPU devices (tests/conftest.py)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxcnn import models
+from jaxcnn.data import offline
+from jaxcnn.train import StepConfig, create_train_state, eval_step, parallel, train_step
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 devices")
+
+
+def _batch(n=64):
+    d = offline.digits("train")
+    x = jax.image.resize(jnp.asarray(d["image"][:n], jnp.float32) / 16, (n, 28, 28, 1), "bilinear")
+    return {"image": x, "label": jnp.asarray(d["label"][:n], jnp.int32), "mask": jnp.arange(n) < n - 5}
+
+
+def _run(mode, steps=3):
+    """mnist_cnn (BatchNorm after a dense layer: its statistics must cover the global batch)."""
+    mesh = None if mode == "none" else parallel.make_mesh()
+    model = models.create("mnist_cnn", num_classes=10)
+    if mode == "shard_map":
+        model = model.clone(bn_axis_name=parallel.AXIS)
+    tx = optax.sgd(0.1, momentum=0.9)
+    cfg = StepConfig(axis_name=parallel.AXIS if mode == "shard_map" else None)
+    state = create_train_state(model, tx, (28, 28, 1), seed=0, ema=False)
+    train, evaluate = parallel.compile_steps(
+        mode, mesh, functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.1),
+                                      cfg=cfg),
+        functools.partial(eval_step, apply_fn=model.apply, cfg=cfg))
+    batch = _batch()
+    if mesh is not None:
+        state = jax.device_put(state, parallel.replicated(mesh))
+        batch = jax.device_put(batch, parallel.batch_sharding(mesh))
+    for _ in range(steps):
+        state, metrics = train(state, batch)
+    return jax.device_get((state.params, state.batch_stats, metrics, evaluate(state, batch)))
+
+
+@pytest.mark.parametrize("mode", ["jit", "shard_map"])
+def test_mode_equals_one_device(mode):
+    expected, actual = _run("none"), _run(mode)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    jax.tree_util.tree_map(close, actual, expected)
+
+
+def test_mode_names():
+    assert parallel.resolve_mode("pmap") == "shard_map"
+    assert parallel.resolve_mode("auto") == ("jit" if jax.device_count() > 1 else "none")
