@@ -2,8 +2,9 @@
 
     python launch.py                      # same as --config experiments/default.py
 
-Expected: >= 99% test accuracy on the 360 held-out digits in well under a minute of
-wall time on a 2-core CPU (measured: see the README's results table).
+Expected: 99.72% test accuracy on the 360 held-out digits (1 error), in about 28 s of
+training wall time (32 s for the whole command, imports included) on a 2-core CPU
+(measured 2026-11-22).
 """
 
 from jaxcnn.train import default_config

@@ -79,6 +79,7 @@ class InceptionAux(nn.Module):
 class GoogLeNet(nn.Module):
     num_classes: int = 1000
     aux_logits: bool = False
+    inceptions: tuple = INCEPTIONS  # the module table; a shorter one gives a smaller network of the family
     dropout_rate: float = 0.2
     conv_backend: str = "xla"
     dtype: Any = jnp.float32
@@ -96,9 +97,9 @@ class GoogLeNet(nn.Module):
         x = block(64, 1, name="conv2")(x)
         x = pool(3, 2)(block(192, 3, padding=1, name="conv3")(x))
         aux = []
-        for i, spec in enumerate(INCEPTIONS):
+        for i, spec in enumerate(self.inceptions):
             if spec == "M":
-                x = pool(2, 2)(x) if INCEPTIONS[i + 1][0] == "5a" else pool(3, 2)(x)
+                x = pool(2, 2)(x) if self.inceptions[i + 1][0] == "5a" else pool(3, 2)(x)
                 continue
             name, *widths = spec
             x = Inception(*widths, block=block, backend=self.conv_backend, name=f"inception{name}")(x)

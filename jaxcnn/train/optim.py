@@ -51,7 +51,8 @@ def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformatio
         "nesterov": lambda: optax.trace(decay=opt.momentum, nesterov=True),
         "adam": lambda: optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
         "adamw": lambda: optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps),
-        "rmsprop": lambda: optax.chain(optax.scale_by_rms(decay=opt.rms_decay, eps=opt.eps),
+        # eps outside the square root, as Keras and PyTorch place it
+        "rmsprop": lambda: optax.chain(optax.scale_by_rms(decay=opt.rms_decay, eps=opt.eps, eps_in_sqrt=False),
                                        optax.trace(decay=opt.momentum) if opt.momentum else optax.identity()),
     }[opt.name]()
     chain = []

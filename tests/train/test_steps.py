@@ -89,7 +89,8 @@ def test_float16_dynamic_loss_scale_halves_on_overflow_and_skips():
 
 
 def test_googlenet_auxiliary_losses_enter_the_objective():
-    model = models.create("googlenet", num_classes=10, aux_logits=True)
+    small = (("3a", 64, 96, 128, 16, 32, 32), "M", ("4a", 192, 96, 208, 16, 48, 64), ("4d", 112, 144, 288, 32, 64, 64))
+    model = models.create("googlenet", num_classes=10, aux_logits=True, inceptions=small)
     tx = optax.sgd(0.0)
     state = create_train_state(model, tx, (64, 64, 3), seed=0, ema=False)
     batch = {"image": jnp.ones((2, 64, 64, 3)), "label": jnp.array([1, 2])}
