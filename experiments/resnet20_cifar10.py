@@ -6,8 +6,8 @@ SGD with momentum 0.9, learning rate 0.1, weight decay 1e-4, batch 128, 164 epoc
 (64k iterations) with the rate divided by 10 at epochs 82 and 123 (32k and 48k
 iterations); 4-pixel zero padding + random 32x32 crops and horizontal flips.
 Expected: 91.25% test accuracy (the paper's 8.75% error); not measured on the
-development machine, which cannot download CIFAR-10. Roughly 10 minutes per epoch
-on a 2-core CPU; a few seconds per epoch on one modern GPU.
+development machine, which cannot download CIFAR-10. The train step runs at about
+176 images/s on a 2-core CPU (benchmarks/RESULTS.md): about 5 minutes per epoch.
 """
 
 from jaxcnn.train import default_config

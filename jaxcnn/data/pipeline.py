@@ -213,14 +213,18 @@ class Pipeline:
 
     @functools.cached_property
     def _finish_train(self):
-        return jax.jit(functools.partial(_finish, spec=self._spec, train=True), out_shardings=self.sharding)
+        def finish(images, labels, step):
+            return _finish(images, labels, self.step_key(step), self._spec, True)
+
+        return jax.jit(finish, out_shardings=self.sharding)
 
     @functools.cached_property
     def _finish_eval(self):
         return jax.jit(functools.partial(_finish, key=None, spec=self._spec, train=False),
                        out_shardings=self.sharding)
 
-    def step_key(self, step: int):
+    def step_key(self, step):
+        """The augmentation key of ``step`` (derived inside the jitted batch functions: no extra dispatch)."""
         return jax.random.fold_in(self._augment_key, step)
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
@@ -256,9 +260,9 @@ class _DeviceSource:
         self._place = place
         spec, batch = pipeline._spec, pipeline.config.batch_size
 
-        def train_batch(arrays, perm, step, key):
+        def train_batch(arrays, perm, step):
             index = jax.lax.dynamic_slice_in_dim(perm, (step % pipeline.steps_per_epoch) * batch, batch)
-            return _finish(arrays["image"][index], arrays["label"][index], key, spec, True)
+            return _finish(arrays["image"][index], arrays["label"][index], pipeline.step_key(step), spec, True)
 
         def eval_batch(arrays, i, size):
             index = i * size + jnp.arange(size)
@@ -280,7 +284,7 @@ class _DeviceSource:
             epoch = step // p.steps_per_epoch
             if epoch != perm_epoch:
                 perm, perm_epoch = self._permutation(p._shuffle_key, epoch), epoch
-            yield self._train_batch(self.train, perm, step, p.step_key(step))
+            yield self._train_batch(self.train, perm, step)
 
     @property
     def eval_arrays(self):
@@ -358,7 +362,7 @@ class _StreamSource:
             ds = ds.take(p.steps_per_epoch).skip(skip).prefetch(2)
             for images, labels in ds.as_numpy_iterator():
                 images, labels = p._global(images), p._global(self._label(labels))
-                yield p._finish_train(images, labels, p.step_key(step))
+                yield p._finish_train(images, labels, step)
                 step += 1
             epoch, skip = epoch + 1, 0
 

@@ -10,8 +10,7 @@ import pytest
 
 from jaxcnn import models
 from jaxcnn.data import offline
-from jaxcnn.train import StepConfig, create_train_state, eval_step, train_step
-from jaxcnn.train import losses
+from jaxcnn.train import StepConfig, create_train_state, eval_step, losses, train_step
 
 
 def _digits_batch(n=64):
