@@ -70,8 +70,9 @@ def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTr
     With ``grad_accum_steps = k`` the batch is split into k micro-batches whose
     gradients are averaged (BatchNorm statistics advance micro-batch by micro-batch).
     A non-finite loss records the step in ``nonfinite_step`` and freezes the
-    state there (later steps change nothing) until the loop notices; with float16 dynamic loss scaling, non-finite gradients
-    instead halve the scale and skip the update.
+    state there (later steps change nothing) until the loop notices; with float16
+    dynamic loss scaling, non-finite gradients instead halve the scale and skip
+    the update.
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, labels = batch["image"], batch["label"]
