@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from jaxcnn.data import offline as _offline
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -24,6 +26,7 @@ class DatasetInfo:
     eval_split: str = "test"
     max_value: float = 255.0
     offline: bool = False  # generated locally by jaxcnn, never downloaded
+    class_names: tuple[str, ...] | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -31,12 +34,16 @@ class DatasetInfo:
 
 
 _DATASETS = [
-    DatasetInfo("digits", "jaxcnn_digits", (8, 8, 1), 10, (0.3054,), (0.3761,), max_value=16.0, offline=True),
-    DatasetInfo("shapes", "jaxcnn_shapes", (28, 28, 1), 5, (0.1322,), (0.2616,), offline=True),
+    DatasetInfo("digits", "jaxcnn_digits", (8, 8, 1), 10, (0.3054,), (0.3761,), max_value=16.0, offline=True,
+                class_names=tuple(str(d) for d in range(10))),
+    DatasetInfo("shapes", "jaxcnn_shapes", (28, 28, 1), 5, (0.1322,), (0.2616,), offline=True,
+                class_names=_offline.SHAPES),
     DatasetInfo("colors", "jaxcnn_colors", (28, 28, 3), 6, (0.0887, 0.0970, 0.0795), (0.2415, 0.2434, 0.2169),
-                offline=True),
+                offline=True, class_names=tuple(_offline.COLORS)),
     DatasetInfo("shapes_colors", "jaxcnn_shapes_colors", (28, 28, 3), 9, (0.0750, 0.0753, 0.0737),
-                (0.2193, 0.2204, 0.2176), offline=True),
+                (0.2193, 0.2204, 0.2176), offline=True,
+                class_names=tuple(f"{c} {s}" for s in _offline.SHAPES_COLORS_SHAPES
+                                  for c in _offline.SHAPES_COLORS_COLORS)),
     DatasetInfo("econ", "jaxcnn_econ", (32, 32, 4), 0, (0.1658, 0.1661, 0.1654, 0.1660),
                 (0.1843, 0.1848, 0.1835, 0.1844), offline=True),
     DatasetInfo("mnist", "mnist", (28, 28, 1), 10, (0.1307,), (0.3081,)),

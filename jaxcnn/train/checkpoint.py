@@ -69,6 +69,10 @@ class Checkpoints:
                                   "version; move it away or use a new workdir.") from e
         return flax.serialization.from_state_dict(template, restored)
 
+    def read_state(self, step: int) -> dict:
+        """The state saved at ``step`` as a plain nested dict of arrays (no template needed)."""
+        return self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
     def close(self):
         self._manager.close()
 

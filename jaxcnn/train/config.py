@@ -23,6 +23,7 @@ WEIGHT_DECAY_MODES = ("decoupled", "l2")
 def default_config() -> ml_collections.ConfigDict:
     """Every key an experiment config may set, with its default."""
     c = ml_collections.ConfigDict()
+    c.task = "train"  # other tasks (kernel_recovery, filters, report) have their own keys: jaxcnn.tasks
     c.seed = 0
     c.batch_size = 128  # global, over all devices and processes
     c.num_epochs = 10.0
@@ -34,6 +35,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.parallel = "auto"  # auto: "jit" over all devices when there are several, else "none"
     c.dtype = "float32"  # compute dtype; parameters stay float32. float16 adds dynamic loss scaling.
     c.progress_bar = True
+    c.figures = True  # kernels, feature maps, predictions and confusion matrix PNGs at the end (classification)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lenet5"
@@ -90,7 +92,8 @@ def _close(key, options):
     return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
-def _check_keys(config, schema, prefix="") -> None:
+def check_keys(config, schema, prefix="") -> None:
+    """Raise ValueError for a key of ``config`` that ``schema`` lacks, naming the closest valid ones."""
     for key in config.keys():
         path = f"{prefix}{key}"
         if key not in schema:
@@ -99,7 +102,7 @@ def _check_keys(config, schema, prefix="") -> None:
         if isinstance(schema[key], ml_collections.ConfigDict) and path != "model.kwargs":
             if not isinstance(config[key], (ml_collections.ConfigDict, dict)):
                 raise ValueError(f"config.{path} must be a group of keys, got {config[key]!r}")
-            _check_keys(config[key], schema[key], f"{path}.")
+            check_keys(config[key], schema[key], f"{path}.")
 
 
 def _merge(target, source, prefix="") -> None:
@@ -130,7 +133,7 @@ def _positive(value, name, minimum=1, kind=int):
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Raise ValueError, naming the key, for unknown keys and bad values; fill in missing keys."""
     c = default_config()
-    _check_keys(config, c)
+    check_keys(config, c)
     _merge(c, config)  # keys the config leaves out keep their defaults
     _choice(c.parallel, PARALLEL, "parallel")
     _choice(c.dtype, DTYPES, "dtype")

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxcnn import models
+from jaxcnn import models, viz
 from jaxcnn.data import DataConfig, Pipeline
 from jaxcnn.train import config as config_lib
 from jaxcnn.train import losses, parallel
@@ -114,10 +114,17 @@ def _check_finite(state, checkpoints: Checkpoints) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train ``config`` in ``workdir`` (resuming what is there) and return the final results.
 
+    A config whose ``task`` is not "train" (kernel recovery, filters, the report) is run by
+    :mod:`jaxcnn.tasks` instead.
+
     Writes ``results.json`` (``test_accuracy``, ``test_loss``, ``step``, ``wall_time_s``,
     ``train_images_per_sec``, ...), ``metrics.jsonl``, TensorBoard events, ``curves.png``
     and orbax checkpoints under ``workdir/checkpoints``.
     """
+    if config.get("task", "train") != "train":
+        from jaxcnn import tasks
+
+        return tasks.run(config, workdir)
     start = time.time()
     config = config_lib.validate(config)
     workdir = prepare_workdir(workdir)
@@ -239,4 +246,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
         plot_curves(writer.records(), os.path.join(workdir, "curves.png"))
+        if config.figures and not regression and jax.process_count() == 1:  # multi-process: viz.visualize_run
+            params = state.ema_params if config.optimizer.ema_decay else state.params
+            variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+            viz.write_run_figures(model.clone(bn_axis_name=None) if hasattr(model, "bn_axis_name") else model,
+                                  jax.device_get(variables), pipeline.eval_batches(), workdir, pipeline.num_classes,
+                                  pipeline.info.class_names)
     return results

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 
 from jaxcnn.data import catalog
 from jaxcnn.train import train_and_evaluate
-from tests.train.test_config_and_optim import EXPERIMENTS, load_experiment
+from tests.train.test_config_and_optim import TRAIN_EXPERIMENTS, load_experiment
 
 # The deep networks compile for minutes on a 2-core CPU: their experiments run here with a shallower
 # member of the same family (same classes and blocks; the full architectures are checked, shapes and
@@ -24,12 +24,13 @@ SMALLER = {
 }
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", TRAIN_EXPERIMENTS)
 def test_experiment_runs_a_few_steps(name, tmp_path, data_dir):
     config = load_experiment(name)
     config.dataset.data_dir = data_dir
     config.parallel = "none"
     config.progress_bar = False
+    config.figures = False
     config.total_steps = 2
     config.batch_size = 8
     config.log_every_steps = 1

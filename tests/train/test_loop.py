@@ -26,6 +26,7 @@ def _tiny(data_dir, name="default", **overrides):
     config.log_every_steps = 4
     config.eval_every_steps = 6
     config.checkpoint_every_steps = 4
+    config.figures = False
     for key, value in overrides.items():
         *groups, leaf = key.split(".")
         target = config
@@ -36,7 +37,7 @@ def _tiny(data_dir, name="default", **overrides):
 
 
 def test_default_experiment_writes_every_output(tmp_path, data_dir):
-    results = train_and_evaluate(_tiny(data_dir), str(tmp_path))
+    results = train_and_evaluate(_tiny(data_dir, figures=True), str(tmp_path))
     assert results["step"] == 12 and results["completed"] and 0.0 <= results["test_accuracy"] <= 1.0
     on_disk = json.loads((tmp_path / "results.json").read_text())
     for key in ("test_accuracy", "test_loss", "step", "wall_time_s", "train_images_per_sec"):
@@ -44,7 +45,8 @@ def test_default_experiment_writes_every_output(tmp_path, data_dir):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [4, 6, 8, 12]  # logs, and before evaluations
     assert [r["step"] for r in records if r["split"] == "eval"] == [6, 12]
-    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("curves", "kernels", "feature_maps", "predictions", "confusion"):
+        assert (tmp_path / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     assert any((tmp_path / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12]
     assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "lenet5"
@@ -52,7 +54,8 @@ def test_default_experiment_writes_every_output(tmp_path, data_dir):
 
 def _launch(workdir, data_dir, *flags):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--workdir", str(workdir), "--config.parallel=none",
-           "--config.progress_bar=False", f"--config.dataset.data_dir={data_dir}", "--config.total_steps=40",
+           "--config.progress_bar=False", "--config.figures=False", f"--config.dataset.data_dir={data_dir}",
+           "--config.total_steps=40",
            "--config.checkpoint_every_steps=10", "--config.log_every_steps=5", "--config.batch_size=32", *flags]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

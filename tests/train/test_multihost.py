@@ -21,7 +21,7 @@ def _free_port():
 def _launch(workdir, data_dir, devices, *flags):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     cmd = [sys.executable, str(ROOT / "launch.py"), "--workdir", str(workdir), "--config.parallel=jit",
-           "--config.model.name=mnist_cnn", "--config.dataset.image_size=28", "--config.progress_bar=False",
+           "--config.model.name=mnist_cnn", "--config.dataset.image_size=28", "--config.progress_bar=False", "--config.figures=False",
            f"--config.dataset.data_dir={data_dir}", "--config.total_steps=12", "--config.batch_size=32",
            "--config.checkpoint_every_steps=6", "--config.log_every_steps=3", *flags]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
