@@ -1,0 +1,223 @@
+"""jaxcnn against PyTorch eager on this CPU, side by side: training steps, then single layers.
+
+    pip install torch==2.13.0        # CPU build, for benchmarking only (never a jaxcnn dependency)
+    python benchmarks/vs_pytorch.py [--rounds 7] [--backends xla,im2col]
+
+Training step: the same architecture, batch and optimizer (SGD, momentum 0.9,
+cross-entropy) in both frameworks, synthetic data resident in memory; PyTorch runs
+eagerly (zero_grad, forward, backward, step), jaxcnn runs its jitted
+``train_step`` with the state donated. Models: LeNet-5 (batch 128, 32x32x1),
+ResNet-20 (batch 128, 32x32x3) and a bottleneck ResNet-50 (batch 16, 64x64x3).
+Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
+Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import machine, median, side_by_side, spread  # noqa: E402
+
+from jaxcnn import models, ops  # noqa: E402
+from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
+
+
+def torch_models():
+    import torch
+    from torch import nn
+
+    class LeNet5(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c3 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.f5, self.f6, self.out = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(torch.relu(self.c1(x)), 2)
+            x = nn.functional.max_pool2d(torch.relu(self.c3(x)), 2)
+            x = torch.flatten(x, 1)
+            return self.out(torch.relu(self.f6(torch.relu(self.f5(x)))))
+
+    class Basic(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x):
+            y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+            s = x[:, :, :: self.stride, :: self.stride]
+            if self.extra:  # option A: zero-pad the new channels
+                s = nn.functional.pad(s, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+            return torch.relu(y + s)
+
+    class ResNet20(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+            blocks, cin = [], 16
+            for stage, width in enumerate((16, 32, 64)):
+                for b in range(3):
+                    blocks.append(Basic(cin, width, 2 if stage and not b else 1))
+                    cin = width
+            self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.c2, self.b2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.c3, self.b3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+            self.short = None
+            if stride != 1 or cin != width * 4:
+                self.short = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False), nn.BatchNorm2d(width * 4))
+
+        def forward(self, x):
+            y = torch.relu(self.b1(self.c1(x)))
+            y = torch.relu(self.b2(self.c2(y)))
+            y = self.b3(self.c3(y))
+            return torch.relu(y + (x if self.short is None else self.short(x)))
+
+    class ResNet50(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                      nn.MaxPool2d(3, 2, 1))
+            blocks, cin = [], 64
+            for stage, n in enumerate((3, 4, 6, 3)):
+                for b in range(n):
+                    blocks.append(Bottleneck(cin, 64 * 2**stage, 2 if stage and not b else 1))
+                    cin = 64 * 2**stage * 4
+            self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(2048, 10)
+
+        def forward(self, x):
+            return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+    return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50}
+
+
+MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3))}
+
+
+def torch_step(name, batch, shape):
+    import torch
+
+    model = torch_models()[name]()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, shape[2], shape[0], shape[1])
+    y = torch.randint(0, 10, (batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return run
+
+
+def jax_step(name, batch, shape, backend):
+    model = models.create(name, num_classes=10, conv_backend=backend)
+    tx = optax.sgd(0.01, momentum=0.9)
+    step = jax.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.01),
+                                     cfg=StepConfig()), donate_argnums=0)
+    box = {"state": create_train_state(model, tx, shape, seed=0, ema=False)}
+    data = {"image": jax.random.normal(jax.random.key(0), (batch, *shape)),
+            "label": jax.random.randint(jax.random.key(1), (batch,), 0, 10)}
+
+    def run():
+        box["state"], metrics = step(box["state"], data)
+        return metrics["objective"]
+
+    return run
+
+
+LAYERS = [  # name, NHWC input without batch, HWIO kernel, stride, padding
+    ("lenet5 C1 5x5 1->6", (32, 32, 1), (5, 5, 1, 6), 1, 0),
+    ("lenet5 C3 5x5 6->16", (14, 14, 6), (5, 5, 6, 16), 1, 0),
+    ("resnet20 3x3 16->16 @32", (32, 32, 16), (3, 3, 16, 16), 1, 1),
+    ("resnet20 3x3/2 16->32", (32, 32, 16), (3, 3, 16, 32), 2, 1),
+    ("resnet20 3x3 64->64 @8", (8, 8, 64), (3, 3, 64, 64), 1, 1),
+]
+
+
+def layer_candidates(shape, kernel, stride, padding, batch, backends):
+    import torch
+
+    xt = torch.randn(batch, shape[2], shape[0], shape[1], requires_grad=True)
+    wt = torch.randn(kernel[3], kernel[2], kernel[0], kernel[1], requires_grad=True)
+
+    def torch_fwd():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+
+    def torch_fwd_bwd():
+        xt.grad = wt.grad = None
+        torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding).square().sum().backward()
+        return wt.grad
+
+    out = {"torch fwd": torch_fwd, "torch fwd+bwd": torch_fwd_bwd}
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)), jnp.float32)
+    w = jnp.asarray(np.random.default_rng(1).standard_normal(kernel), jnp.float32)
+    for backend in backends:
+        conv = functools.partial(ops.conv2d if backend == "xla" else ops.conv2d_im2col, stride=stride, padding=padding)
+        fwd = jax.jit(conv)
+        grad = jax.jit(jax.grad(lambda a, b, conv=conv: jnp.sum(conv(a, b) ** 2), (0, 1)))
+        out[f"{backend} fwd"] = lambda fwd=fwd: fwd(x, w)
+        out[f"{backend} fwd+bwd"] = lambda grad=grad: grad(x, w)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--backends", default="xla,im2col")
+    parser.add_argument("--models", default="lenet5,resnet20,resnet50")
+    parser.add_argument("--skip_layers", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    backends = args.backends.split(",")
+    print(f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --backends {args.backends}` on {machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n")
+    print("| model (batch) | PyTorch images/s | " + " | ".join(f"jaxcnn {b} images/s" for b in backends)
+          + " | " + " | ".join(f"{b} / PyTorch" for b in backends) + " |")
+    print("|---" * (2 + 2 * len(backends)) + "|")
+    for name in args.models.split(","):
+        batch, shape = MODELS[name]
+        cands = {"torch": torch_step(name, batch, shape), **{b: jax_step(name, batch, shape, b) for b in backends}}
+        s = side_by_side(cands, rounds=args.rounds, min_time=1.0)
+        rate = {k: batch / median(v) for k, v in s.items()}
+        print(f"| {name} ({batch}) | {rate['torch']:,.0f} {spread(s['torch'])} | "
+              + " | ".join(f"{rate[b]:,.0f} {spread(s[b])}" for b in backends) + " | "
+              + " | ".join(f"{rate[b] / rate['torch']:.2f}" for b in backends) + " |", flush=True)
+    if args.skip_layers:
+        return
+    print("\n| layer (batch 128) | pass | PyTorch ms | " + " | ".join(f"{b} ms" for b in backends) + " |")
+    print("|---" * (3 + len(backends)) + "|")
+    for name, shape, kernel, stride, padding in LAYERS:
+        s = side_by_side(layer_candidates(shape, kernel, stride, padding, 128, backends), rounds=args.rounds)
+        for p in ("fwd", "fwd+bwd"):
+            print(f"| {name} | {p} | {median(s[f'torch {p}']) * 1e3:.2f} | "
+                  + " | ".join(f"{median(s[f'{b} {p}']) * 1e3:.2f}" for b in backends) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
