@@ -3,7 +3,9 @@ the small pieces the models share.
 
 Every layer takes NHWC input. ``Conv(backend="im2col")`` runs the hand-written
 im2col convolution (and pools take the same switch), so a whole model can be
-moved onto the im2col primitives with one argument.
+moved onto the im2col primitives with one argument; ``backend="auto"`` computes
+each pass of each layer by the formulation measured fastest for its shape
+(:mod:`jaxcnn.ops.autotune`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import numpy as np
 
 from jaxcnn import ops
 
-BACKENDS = ("xla", "im2col")
+BACKENDS = ("xla", "im2col", "auto")
+_CONV = {"xla": ops.conv2d, "im2col": ops.conv2d_im2col, "auto": ops.conv2d_auto}
+_MAX_POOL = {"xla": ops.max_pool2d, "im2col": ops.max_pool2d_im2col, "auto": ops.max_pool2d_auto}
+_AVG_POOL = {"xla": ops.avg_pool2d, "im2col": ops.avg_pool2d_im2col, "auto": ops.avg_pool2d_auto}
 Dtype = Any
 
 
@@ -46,8 +51,9 @@ class Conv(nn.Module):
     """2-D convolution, NHWC in and out, kernel stored HWIO as ``params["kernel"]``.
 
     Same options as :func:`jaxcnn.ops.conv2d`; ``backend="im2col"`` computes it with
-    :func:`jaxcnn.ops.conv2d_im2col`. ``dtype`` is the compute dtype (``None``:
-    from the input and parameters); parameters are kept in ``param_dtype``.
+    :func:`jaxcnn.ops.conv2d_im2col`, ``"auto"`` with :func:`jaxcnn.ops.conv2d_auto`.
+    ``dtype`` is the compute dtype (``None``: from the input and parameters);
+    parameters are kept in ``param_dtype``.
     """
 
     features: int
@@ -81,9 +87,8 @@ class Conv(nn.Module):
                             self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        conv = ops.conv2d if self.backend == "xla" else ops.conv2d_im2col
-        return conv(x, kernel, bias, stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups, padding_mode=self.padding_mode)
+        return _CONV[self.backend](x, kernel, bias, stride=self.stride, padding=self.padding,
+                                   dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode)
 
 
 class MaxPool(nn.Module):
@@ -97,8 +102,8 @@ class MaxPool(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        pool = ops.max_pool2d if check_backend(self.backend) == "xla" else ops.max_pool2d_im2col
-        return pool(x, self.kernel_size, self.stride, padding=self.padding, ceil_mode=self.ceil_mode)
+        return _MAX_POOL[check_backend(self.backend)](x, self.kernel_size, self.stride, padding=self.padding,
+                                                      ceil_mode=self.ceil_mode)
 
 
 class AvgPool(nn.Module):
@@ -113,9 +118,9 @@ class AvgPool(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        pool = ops.avg_pool2d if check_backend(self.backend) == "xla" else ops.avg_pool2d_im2col
-        return pool(x, self.kernel_size, self.stride, padding=self.padding, ceil_mode=self.ceil_mode,
-                    count_include_pad=self.count_include_pad)
+        return _AVG_POOL[check_backend(self.backend)](x, self.kernel_size, self.stride, padding=self.padding,
+                                                      ceil_mode=self.ceil_mode,
+                                                      count_include_pad=self.count_include_pad)
 
 
 class GlobalAvgPool(nn.Module):

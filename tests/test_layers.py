@@ -9,7 +9,7 @@ from jaxcnn import layers, ops
 from tests.ops.helpers import assert_close, randn
 
 
-@pytest.mark.parametrize("backend", ["xla", "im2col"])
+@pytest.mark.parametrize("backend", ["xla", "im2col", "auto"])
 @pytest.mark.parametrize("kw", [dict(), dict(stride=2, padding=1), dict(groups=2, padding="SAME", dilation=2),
                                 dict(padding=(1, 2), padding_mode="reflect", use_bias=False)])
 def test_conv_layer_is_the_op_with_its_parameters(backend, kw):
@@ -34,7 +34,7 @@ def test_conv_layer_computes_in_its_dtype_and_keeps_float32_params():
 
 def test_conv_layer_errors():
     x = jnp.zeros((1, 5, 5, 3))
-    with pytest.raises(ValueError, match=r"backend must be one of \('xla', 'im2col'\), got 'fft'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('xla', 'im2col', 'auto'\), got 'fft'"):
         layers.Conv(4, 3, backend="fft").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match=r"groups=2 must divide the 3 input channels"):
         layers.Conv(4, 3, groups=2).init(jax.random.key(0), x)
@@ -74,8 +74,8 @@ def test_pool_layers_on_both_backends():
     x = randn(np.random.default_rng(0), (2, 7, 7, 3))
     for pool in (layers.MaxPool(3, 2, padding=1, ceil_mode=True), layers.AvgPool(3, 2, ceil_mode=True)):
         xla = pool.apply({}, x)
-        im2col = pool.clone(backend="im2col").apply({}, x)
-        assert_close(im2col, xla, rtol=1e-6, atol=1e-6)
+        for backend in ("im2col", "auto"):
+            assert_close(pool.clone(backend=backend).apply({}, x), xla, rtol=1e-6, atol=1e-6)
     assert layers.GlobalAvgPool().apply({}, x).shape == (2, 3)
     assert layers.Flatten().apply({}, x).shape == (2, 147)
 

@@ -4,7 +4,7 @@ Every model maps an NHWC float batch to float32 logits ``(N, num_classes)``:
 ``model.apply(variables, x, train=False)``; ``train=True`` needs a ``"dropout"``
 rng where there is dropout and returns updated ``"batch_stats"`` where there is
 BatchNorm (``mutable=["batch_stats"]``). Every model takes ``conv_backend``
-(``"xla"`` or ``"im2col"``) and ``dtype`` (the compute dtype; parameters stay
+(``"xla"``, ``"im2col"`` or ``"auto"``) and ``dtype`` (the compute dtype; parameters stay
 float32).
 """
 

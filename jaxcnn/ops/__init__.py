@@ -4,10 +4,12 @@ Two implementations of every 2-D convolution and pooling op: the ``lax`` one
 (``conv2d``, ``max_pool2d``, ...) for speed, and the im2col one
 (``conv2d_im2col``, ``max_pool2d_im2col``, ...) to read and cross-check; the
 test suite and ``python -m jaxcnn.gradcheck`` prove them equal, with equal
-gradients.
+gradients. ``conv2d_auto`` / ``*_pool2d_auto`` (:mod:`jaxcnn.ops.autotune`) compute
+each pass by whichever proven-equal formulation is measured fastest for the shape.
 """
 
-from jaxcnn.ops import filters
+from jaxcnn.ops import autotune, filters
+from jaxcnn.ops.autotune import avg_pool2d_auto, conv2d_auto, max_pool2d_auto
 from jaxcnn.ops.conv import conv1d, conv2d, conv3d, conv_output_size
 from jaxcnn.ops.im2col import col2im, conv2d_im2col, im2col
 from jaxcnn.ops.padding import PADDING_MODES, normalize_padding, pad_spatial, same_padding
@@ -28,11 +30,14 @@ __all__ = [
     "PADDING_MODES",
     "avg_pool1d",
     "avg_pool2d",
+    "avg_pool2d_auto",
     "avg_pool2d_im2col",
     "avg_pool3d",
     "col2im",
     "conv1d",
+    "autotune",
     "conv2d",
+    "conv2d_auto",
     "conv2d_im2col",
     "conv3d",
     "conv_output_size",
@@ -42,6 +47,7 @@ __all__ = [
     "lp_pool2d",
     "max_pool1d",
     "max_pool2d",
+    "max_pool2d_auto",
     "max_pool2d_im2col",
     "max_pool3d",
     "normalize_padding",

@@ -27,6 +27,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxcnn.ops import _checks
@@ -75,12 +76,11 @@ def make_window(spatial, kernel_size, stride, padding, dilation, fn: str) -> Win
     return Window(kernel_size, stride, dilation, pads, tuple(int(n) for n in spatial))
 
 
-def patches(x, window: Window, pad_value: float = 0.0):
-    """Receptive fields of a channels-last ``x``: ``(N, *S, C) -> (N, *O, *K, C)``.
+def tap_slices(x, window: Window, pad_value: float = 0.0) -> list:
+    """One strided slice of the padded channels-last ``x`` per kernel tap, each ``(N, *O, C)``.
 
-    For 2-D: ``(N, H, W, C) -> (N, OH, OW, KH, KW, C)``. The input is padded with
-    ``pad_value``; each kernel tap is one strided slice, so the whole gather is
-    ``prod(K)`` slices and a stack.
+    Tap ``(i, j)``'s slice holds, for every output pixel, the input value that
+    kernel entry ``(i, j)`` multiplies; taps are in row-major kernel order.
     """
     widths = [(0, 0), *window.padding, (0, 0)]
     xp = jnp.pad(x, widths, constant_values=pad_value) if any(map(any, window.padding)) else x
@@ -91,7 +91,43 @@ def patches(x, window: Window, pad_value: float = 0.0):
         start = [t * d for t, d in zip(tap, window.dilation)]
         limit = [a + (o - 1) * s + 1 for a, o, s in zip(start, out, stride)]
         taps.append(lax.slice(xp, (0, *start, 0), (n, *limit, c), (1, *stride, 1)))
-    return jnp.stack(taps, axis=-2).reshape(n, *out, *window.kernel_size, c)
+    return taps
+
+
+def patches(x, window: Window, pad_value: float = 0.0):
+    """Receptive fields of a channels-last ``x``: ``(N, *S, C) -> (N, *O, *K, C)``.
+
+    For 2-D: ``(N, H, W, C) -> (N, OH, OW, KH, KW, C)``. The input is padded with
+    ``pad_value``; each kernel tap is one strided slice, so the whole gather is
+    ``prod(K)`` slices and a stack.
+    """
+    n, c = x.shape[0], x.shape[-1]
+    if c < GATHER_BELOW_CHANNELS:
+        # A stack of slices only C values wide is a slow concatenate on XLA's CPU backend
+        # (about 4x slower for LeNet's 1-channel input); one gather of every tap is not.
+        widths = [(0, 0), *window.padding, (0, 0)]
+        xp = jnp.pad(x, widths, constant_values=pad_value) if any(map(any, window.padding)) else x
+        rows = xp.reshape(n, -1, c)[:, _gather_index(window)]
+        return rows.reshape(n, *window.out_size, *window.kernel_size, c)
+    stacked = jnp.stack(tap_slices(x, window, pad_value), axis=-2)
+    return stacked.reshape(n, *window.out_size, *window.kernel_size, c)
+
+
+GATHER_BELOW_CHANNELS = 4
+
+
+@functools.lru_cache(maxsize=256)
+def _gather_index(window: Window) -> np.ndarray:
+    """Flat index into the padded spatial grid of every (output pixel, kernel tap), ``(prod(O)*prod(K),)``."""
+    ndim = len(window.kernel_size)
+    flat = np.zeros((1,) * (2 * ndim), np.int32)
+    for d, (size, o, k, s, dil) in enumerate(zip(window.padded_size, window.out_size, window.kernel_size,
+                                                  window.stride, window.dilation)):
+        shape = [1] * (2 * ndim)
+        shape[d], shape[ndim + d] = o, k
+        pos = np.arange(o)[:, None] * s + np.arange(k)[None, :] * dil
+        flat = flat * size + pos.reshape(shape)
+    return flat.reshape(-1)
 
 
 def unpatches(p, window: Window):
@@ -209,17 +245,43 @@ def _ungroup_weight(w_g, shape):
     return w_g.transpose(1, 0, 2).reshape(shape)
 
 
+def _group_rows(dy, groups):
+    """``(N, OH, OW, O) -> (G, M, O/G)``: each group's rows of the output gradient."""
+    return dy.reshape(-1, groups, dy.shape[-1] // groups).transpose(1, 0, 2)
+
+
+def matmul_forward(x, w, window: Window, groups: int):
+    """Convolution of NHWC ``x`` by HWIO ``w`` as ``cols @ W``; returns ``(y, cols_g)``.
+
+    ``cols_g`` ``(G, N*OH*OW, KH*KW*C/G)`` is the im2col matrix per group, the
+    residual :func:`matmul_grad_weight` needs.
+    """
+    cols = patches(x, window)  # im2col, (N, OH, OW, KH, KW, C)
+    n, oh, ow = cols.shape[:3]
+    cols_g = _group_cols(cols, groups)
+    y = jnp.matmul(cols_g, _group_weight(w, groups))  # (G, M, O/G)
+    return y.transpose(1, 0, 2).reshape(n, oh, ow, w.shape[3]), cols_g
+
+
+def matmul_grad_weight(cols_g, dy, w_shape, groups: int):
+    """``dW = colsᵀ · dy`` per group, reshaped to HWIO ``w_shape``."""
+    return _ungroup_weight(jnp.matmul(cols_g.transpose(0, 2, 1), _group_rows(dy, groups)), w_shape)
+
+
+def matmul_grad_input(dy, w, window: Window, groups: int):
+    """``dx = col2im(dy · Wᵀ)``: the input gradient, NHWC of the unpadded input's shape."""
+    cols_shape = (*dy.shape[:3], *window.kernel_size, w.shape[2] * groups)
+    dcols = jnp.matmul(_group_rows(dy, groups), _group_weight(w, groups).transpose(0, 2, 1))
+    return unpatches(_ungroup_cols(dcols, cols_shape), window)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _conv_nhwc(x, w, b, window: Window, groups: int):
     return _conv_nhwc_fwd(x, w, b, window, groups)[0]
 
 
 def _conv_nhwc_fwd(x, w, b, window, groups):
-    cols = patches(x, window)  # im2col, (N, OH, OW, KH, KW, C)
-    n, oh, ow = cols.shape[:3]
-    cols_g, w_g = _group_cols(cols, groups), _group_weight(w, groups)
-    y = jnp.matmul(cols_g, w_g)  # (G, M, O/G)
-    y = y.transpose(1, 0, 2).reshape(n, oh, ow, w.shape[3])
+    y, cols_g = matmul_forward(x, w, window, groups)
     if b is not None:
         y = y + b
     return y, (cols_g, w, b)
@@ -227,12 +289,9 @@ def _conv_nhwc_fwd(x, w, b, window, groups):
 
 def _conv_nhwc_bwd(window, groups, residuals, dy):
     cols_g, w, b = residuals
-    cols_shape = (*dy.shape[:3], *window.kernel_size, w.shape[2] * groups)
-    dy_g = dy.reshape(-1, groups, w.shape[3] // groups).transpose(1, 0, 2)  # (G, M, O/G)
-    dw = _ungroup_weight(jnp.matmul(cols_g.transpose(0, 2, 1), dy_g), w.shape)  # cols^T . dy
+    dw = matmul_grad_weight(cols_g, dy, w.shape, groups)  # cols^T . dy
     db = None if b is None else jnp.sum(dy, axis=(0, 1, 2)).astype(b.dtype)  # sum of dy
-    dcols = jnp.matmul(dy_g, _group_weight(w, groups).transpose(0, 2, 1))  # dy . W^T
-    dx = unpatches(_ungroup_cols(dcols, cols_shape), window)  # col2im
+    dx = matmul_grad_input(dy, w, window, groups)  # col2im(dy . W^T)
     return dx.astype(cols_g.dtype), dw.astype(w.dtype), db
 
 

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxcnn import models, viz
+from jaxcnn import models, ops, runtime, viz
 from jaxcnn.data import DataConfig, Pipeline
 from jaxcnn.train import config as config_lib
 from jaxcnn.train import losses, parallel
@@ -111,6 +111,16 @@ def _check_finite(state, checkpoints: Checkpoints) -> None:
                                  "Lower the learning rate, clip gradients or check the data, then resume.")
 
 
+PLANS_FILE = "conv_plans.json"  # conv_backend="auto": the formulation chosen per layer shape
+
+
+def _write_json_atomically(path: str, payload) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train ``config`` in ``workdir`` (resuming what is there) and return the final results.
 
@@ -128,6 +138,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = time.time()
     config = config_lib.validate(config)
     workdir = prepare_workdir(workdir)
+    if jax.default_backend() == "cpu":
+        runtime.tune_cpu_malloc()
+    plans_path = os.path.join(workdir, PLANS_FILE)
+    if config.model.conv_backend == "auto" and os.path.exists(plans_path):
+        with open(plans_path) as f:
+            ops.autotune.set_plans(json.load(f))  # the first run's choices: a resumed run computes alike
     is_main = jax.process_index() == 0
     mode = parallel.resolve_mode(config.parallel)
     mesh = None if mode == "none" else parallel.make_mesh()
@@ -218,6 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if save_now:
                 tick = time.time()
                 checkpoints.save(done, state)
+                if config.model.conv_backend == "auto" and is_main:
+                    _write_json_atomically(plans_path, ops.autotune.plans())
                 paused += time.time() - tick
             if stop:
                 stopped_by = stop

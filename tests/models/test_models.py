@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcnn import gradcheck, models
+from jaxcnn import gradcheck, models, ops
 from tests.ops.helpers import assert_close
 
 # name -> (num_classes, parameters, source). Sources: torchvision's model docs
@@ -140,6 +140,20 @@ SMALL = [("lenet5", (32, 32, 1)), ("mnist_cnn", (28, 28, 1)), ("colors_cnn", (28
 
 @pytest.mark.parametrize("name,shape", SMALL, ids=[s[0] for s in SMALL])
 def test_im2col_backend_equals_xla_logits_and_gradients(name, shape):
+    _check_backend_equals_xla("im2col", name, shape)
+
+
+@pytest.mark.parametrize("name,shape", SMALL[:3], ids=[s[0] for s in SMALL[:3]])
+def test_auto_backend_equals_xla_logits_and_gradients(name, shape, monkeypatch):
+    """With every layer measured (no size floor), whatever formulations win give xla's results."""
+    monkeypatch.setattr(ops.autotune, "MIN_MEASURED_OUTPUT", 0)
+    ops.autotune.clear_plans()
+    _check_backend_equals_xla("auto", name, shape)
+    assert ops.autotune.plans()["conv"], "no conv layer was planned"
+    ops.autotune.clear_plans()
+
+
+def _check_backend_equals_xla(backend, name, shape):
     x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
     key = jax.random.key(1)
     variables = models.create(name, num_classes=10).init(key, x)
@@ -156,9 +170,9 @@ def test_im2col_backend_equals_xla_logits_and_gradients(name, shape):
         return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(variables["params"], x)
 
     (_, out_xla), g_xla = loss_and_grads("xla")
-    (_, out_im2col), g_im2col = loss_and_grads("im2col")
-    assert_close(out_im2col, out_xla, rtol=1e-4, atol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(g_im2col), jax.tree_util.tree_leaves(g_xla)):
+    (_, out_other), g_other = loss_and_grads(backend)
+    assert_close(out_other, out_xla, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g_other), jax.tree_util.tree_leaves(g_xla)):
         assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
@@ -227,7 +241,7 @@ def test_bad_inputs_and_options():
         model.apply(variables, jnp.zeros((1, 32, 32, 3)))
     with pytest.raises(TypeError, match=r"lenet5: input must be floating point, got dtype uint8"):
         model.apply(variables, jnp.zeros((1, 32, 32, 1), jnp.uint8))
-    with pytest.raises(ValueError, match=r"conv_backend must be one of \('xla', 'im2col'\), got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"conv_backend must be one of \('xla', 'im2col', 'auto'\), got 'cudnn'"):
         models.create("lenet5", num_classes=10, conv_backend="cudnn")
     with pytest.raises(TypeError, match=r"lenet5: .*unexpected keyword argument 'depth'"):
         models.create("lenet5", num_classes=10, depth=3)

@@ -137,3 +137,20 @@ def test_unknown_experiment_file_and_bad_override_fail_clearly(tmp_path):
     typo = subprocess.run([sys.executable, str(ROOT / "launch.py"), "--config.batchsize=3", "--workdir",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert typo.returncode != 0 and "batchsize" in typo.stderr and "batch_size" in typo.stderr
+
+
+def test_auto_backend_saves_its_plans_and_a_resumed_run_reuses_them(tmp_path, data_dir):
+    from jaxcnn.ops import autotune
+
+    autotune.clear_plans()
+    train_and_evaluate(_tiny(data_dir, total_steps=4, **{"model.conv_backend": "auto"}), str(tmp_path))
+    saved = json.loads((tmp_path / "conv_plans.json").read_text())
+    assert any("x(32, 32, 32, 1) w(5, 5, 1, 6)" in key for key in saved["conv"])  # LeNet's C1 at batch 32
+    forced = {"conv": {key: {"forward": "im2col", "grad_weight": "im2col", "grad_input": "xla"} for key in saved["conv"]},
+              "pool": {key: "im2col" for key in saved["pool"]}}
+    (tmp_path / "conv_plans.json").write_text(json.dumps(forced))
+    autotune.clear_plans()
+    results = train_and_evaluate(_tiny(data_dir, total_steps=8, **{"model.conv_backend": "auto"}), str(tmp_path))
+    assert results["step"] == 8
+    assert autotune.plans() == forced  # loaded from the workdir, not measured again
+    autotune.clear_plans()

@@ -1,0 +1,297 @@
+"""``conv2d_auto`` and the auto pools: each pass computed the way measured fastest for its shape.
+
+A convolution's three passes, the forward ``y = x * w``, the weight gradient
+``dW`` and the input gradient ``dx``, each have formulations proven equal by the
+gradient-check suite, and which one is fastest depends on the shape. On XLA's
+CPU backend, for instance, LeNet-5's first layer (one input channel) runs
+about ten times faster as a fused sum of shifted inputs than as
+``lax.conv_general_dilated``, while ResNet's 16-channel layers are fastest on
+``lax`` and col2im beats XLA's transposed convolution for many input gradients.
+
+``conv2d_auto`` therefore picks, per pass, among
+
+* forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``)
+  and, for few input taps, ``"taps"`` (the sum over kernel taps and input
+  channels of a shifted input slice times one kernel row: the textbook's
+  loops with the output pixels vectorised, which XLA fuses into one loop);
+* weight gradient: ``"xla"`` (autodiff of the lax convolution), ``"im2col"``
+  (``colsᵀ · dy``);
+* input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``).
+
+The choice is a :class:`ConvPlan`, made once per shape signature by timing the
+candidates on random data of that signature (a fraction of a second per shape,
+at trace time) and cached for the process; :func:`plans` and
+:func:`set_plans` read and preset the cache, so a resumed run can reuse the
+first run's choices and stay bit-exact. Plans are measured only on the CPU
+backend in a single process and for problems big enough for the choice to
+matter; elsewhere (GPU/TPU convolutions are the vendor libraries' already,
+multi-process runs must agree on one program) every pass is ``"xla"``.
+
+Pools with ``backend="auto"`` choose between the lax and the im2col
+formulation the same way, by the time of forward plus backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxcnn.ops import pool as _pool
+from jaxcnn.ops.conv import add_bias, apply_padding_mode, resolve_conv
+from jaxcnn.ops.im2col import (
+    Window,
+    from_channels_last,
+    matmul_forward,
+    matmul_grad_input,
+    matmul_grad_weight,
+    tap_slices,
+    to_channels_last,
+)
+
+# Below this many output values (N*OH*OW*O) a plan is not worth measuring.
+MIN_MEASURED_OUTPUT = 1 << 16
+# The "taps" forward unrolls KH*KW*C/G multiply-adds; beyond this it stops paying.
+MAX_TAPS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """How ``conv2d_auto`` computes one convolution shape: a formulation per pass."""
+
+    forward: str = "xla"
+    grad_weight: str = "xla"
+    grad_input: str = "xla"
+
+
+XLA_PLAN = ConvPlan()
+
+
+# --- formulations, all over NHWC x, HWIO w, zero padding given by the window ----------------
+
+
+def _xla_forward(x, w, window: Window, groups: int):
+    return lax.conv_general_dilated(
+        x, w, window_strides=window.stride, padding=window.padding, rhs_dilation=window.dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+    )
+
+
+def _taps_forward(x, w, window: Window, groups: int):
+    del groups  # taps is only offered for groups == 1
+    kh, kw, cin, _ = w.shape
+    taps = w.reshape(kh * kw, cin, -1)
+    y = None
+    for tap, xs in enumerate(tap_slices(x, window)):
+        for c in range(cin):
+            term = xs[..., c:c + 1] * taps[tap, c]
+            y = term if y is None else y + term
+    return y
+
+
+def _im2col_forward(x, w, window, groups):
+    return matmul_forward(x, w, window, groups)[0]
+
+
+def _xla_grad_weight(x, w, dy, window, groups):
+    return jax.vjp(lambda w_: _xla_forward(x, w_, window, groups), w)[1](dy)[0]
+
+
+def _xla_grad_input(x, w, dy, window, groups):
+    return jax.vjp(lambda x_: _xla_forward(x_, w, window, groups), x)[1](dy)[0]
+
+
+def _im2col_grad_weight(x, w, dy, window, groups):
+    return matmul_grad_weight(matmul_forward(x, w, window, groups)[1], dy, w.shape, groups)
+
+
+def _im2col_grad_input(x, w, dy, window, groups):
+    del x
+    return matmul_grad_input(dy, w, window, groups)
+
+
+FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward, "taps": _taps_forward}
+GRAD_WEIGHT: dict[str, Callable] = {"xla": _xla_grad_weight, "im2col": _im2col_grad_weight}
+GRAD_INPUT: dict[str, Callable] = {"xla": _xla_grad_input, "im2col": _im2col_grad_input}
+
+
+# --- the differentiable op ------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_planned(x, w, window: Window, groups: int, plan: ConvPlan):
+    return FORWARD[plan.forward](x, w, window, groups)
+
+
+def _conv_planned_fwd(x, w, window, groups, plan):
+    return _conv_planned(x, w, window, groups, plan), (x, w)
+
+
+def _conv_planned_bwd(window, groups, plan, residuals, dy):
+    x, w = residuals
+    dx = GRAD_INPUT[plan.grad_input](x, w, dy, window, groups)  # dead code when x needs no gradient
+    dw = GRAD_WEIGHT[plan.grad_weight](x, w, dy, window, groups)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_conv_planned.defvjp(_conv_planned_fwd, _conv_planned_bwd)
+
+
+def conv2d_auto(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                data_format="NHWC"):
+    """:func:`jaxcnn.ops.conv2d`, each pass computed by the formulation measured fastest.
+
+    Same signature, validation and results (to float rounding) as ``conv2d``;
+    the forward, weight-gradient and input-gradient formulations are chosen per
+    shape by :func:`conv_plan` (see the module docstring). Non-zero padding
+    modes pad first and are differentiated by JAX; the bias is added outside.
+    """
+    x, w, b, spec = resolve_conv(
+        x, w, b, ndim=2, stride=stride, padding=padding, dilation=dilation, groups=groups,
+        padding_mode=padding_mode, data_format=data_format, fn="conv2d_auto",
+    )
+    x, pads = apply_padding_mode(x, spec)
+    x = to_channels_last(x, spec.channels_last)
+    if not spec.channels_last:
+        w = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+    window = Window(spec.kernel_size, spec.stride, spec.dilation, pads, tuple(x.shape[1:3]))
+    plan = conv_plan(x.shape, w.shape, x.dtype, window, spec.groups)
+    y = from_channels_last(_conv_planned(x, w, window, spec.groups, plan), spec.channels_last)
+    return add_bias(y, b, spec)
+
+
+# --- plans: measured once per shape signature, cached ---------------------------------------
+
+_PLANS: dict[str, ConvPlan] = {}
+_POOL_CHOICES: dict[str, str] = {}
+
+
+def plan_key(x_shape, w_shape, dtype, window: Window, groups: int) -> str:
+    """The cache key of a convolution: shapes, dtype, geometry, groups and the platform."""
+    return (f"x{tuple(x_shape)} w{tuple(w_shape)} {jnp.dtype(dtype).name} s{window.stride} "
+            f"d{window.dilation} p{tuple(window.padding)} g{groups} {jax.default_backend()}")
+
+
+def plans() -> dict[str, dict]:
+    """The cached choices, JSON-able: ``{"conv": {key: {"forward": ..., "grad_weight": ...,
+    "grad_input": ...}}, "pool": {key: "xla" | "im2col"}}``."""
+    return {"conv": {key: dataclasses.asdict(plan) for key, plan in _PLANS.items()}, "pool": dict(_POOL_CHOICES)}
+
+
+def set_plans(table: dict[str, dict]) -> None:
+    """Preset cached choices from a :func:`plans` table (e.g. the one an interrupted run saved)."""
+    for key, fields in table.get("conv", {}).items():
+        plan = ConvPlan(**fields)
+        for pass_, names in (("forward", FORWARD), ("grad_weight", GRAD_WEIGHT), ("grad_input", GRAD_INPUT)):
+            if getattr(plan, pass_) not in names:
+                raise ValueError(f"set_plans: conv {key!r} has {pass_}={getattr(plan, pass_)!r}; "
+                                 f"expected one of {sorted(names)}")
+        _PLANS[key] = plan
+    for key, choice in table.get("pool", {}).items():
+        if choice not in ("xla", "im2col"):
+            raise ValueError(f"set_plans: pool {key!r} is {choice!r}; expected 'xla' or 'im2col'")
+        _POOL_CHOICES[key] = choice
+
+
+def clear_plans() -> None:
+    """Forget every cached choice (the next call of each shape measures again)."""
+    _PLANS.clear()
+    _POOL_CHOICES.clear()
+
+
+def _measures() -> bool:
+    return jax.default_backend() == "cpu" and jax.process_count() == 1
+
+
+def conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
+    """The cached :class:`ConvPlan` for this convolution, measured on first use."""
+    key = plan_key(x_shape, w_shape, dtype, window, groups)
+    if key not in _PLANS:
+        out_values = x_shape[0] * int(np.prod(window.out_size)) * w_shape[3]
+        if not _measures() or out_values < MIN_MEASURED_OUTPUT:
+            _PLANS[key] = XLA_PLAN
+        else:
+            _PLANS[key] = _measure_conv_plan(x_shape, w_shape, dtype, window, groups)
+    return _PLANS[key]
+
+
+def _fastest(candidates: dict[str, Callable], args, rounds: int = 5, min_time: float = 0.01) -> str:
+    """Name of the candidate with the smallest median time per call over ``rounds`` rounds."""
+    compiled = {name: jax.jit(fn).lower(*args).compile() for name, fn in candidates.items()}
+    samples: dict[str, list[float]] = {name: [] for name in compiled}
+    for name, fn in compiled.items():  # warm up
+        jax.block_until_ready(fn(*args))
+    for _ in range(rounds):
+        for name, fn in compiled.items():
+            start, calls = time.perf_counter(), 0
+            while True:
+                jax.block_until_ready(fn(*args))
+                calls += 1
+                if time.perf_counter() - start >= min_time:
+                    break
+            samples[name].append((time.perf_counter() - start) / calls)
+    return min(samples, key=lambda name: float(np.median(samples[name])))
+
+
+def _random(shape, dtype, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
+    with jax.ensure_compile_time_eval():
+        x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
+        dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
+
+        def bind(table, names):
+            return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
+
+        forward = ["xla", "im2col"]
+        if groups == 1 and w_shape[0] * w_shape[1] * w_shape[2] <= MAX_TAPS:
+            forward.append("taps")
+        return ConvPlan(
+            forward=_fastest(bind(FORWARD, forward), (x, w)),
+            grad_weight=_fastest(bind(GRAD_WEIGHT, GRAD_WEIGHT), (x, w, dy)),
+            grad_input=_fastest(bind(GRAD_INPUT, GRAD_INPUT), (x, w, dy)),
+        )
+
+
+# --- pools ----------------------------------------------------------------------------------
+
+def _pool_auto(lax_fn, im2col_fn, x, kernel_size, stride, kwargs):
+    key = (f"{lax_fn.__name__} x{tuple(x.shape)} {jnp.dtype(x.dtype).name} k{kernel_size} s{stride} "
+           f"{sorted(kwargs.items())} {jax.default_backend()}")
+    if key not in _POOL_CHOICES:
+        if not _measures() or x.size < MIN_MEASURED_OUTPUT:
+            _POOL_CHOICES[key] = "xla"
+        else:
+            with jax.ensure_compile_time_eval():
+                sample = _random(x.shape, x.dtype, 0)
+
+                def train_pass(fn):
+                    return jax.grad(lambda v: jnp.sum(jnp.square(fn(v, kernel_size, stride, **kwargs))))
+
+                _POOL_CHOICES[key] = _fastest({"xla": train_pass(lax_fn), "im2col": train_pass(im2col_fn)},
+                                              (sample,))
+    fn = lax_fn if _POOL_CHOICES[key] == "xla" else im2col_fn
+    return fn(x, kernel_size, stride, **kwargs)
+
+
+def max_pool2d_auto(x, kernel_size, stride=None, *, padding=0, ceil_mode=False, dilation=1,
+                    data_format="NHWC"):
+    """:func:`jaxcnn.ops.max_pool2d` on whichever of lax / im2col trains faster at this shape."""
+    return _pool_auto(_pool.max_pool2d, _pool.max_pool2d_im2col, x, kernel_size, stride,
+                      dict(padding=padding, ceil_mode=ceil_mode, dilation=dilation, data_format=data_format))
+
+
+def avg_pool2d_auto(x, kernel_size, stride=None, *, padding=0, ceil_mode=False, count_include_pad=True,
+                    data_format="NHWC"):
+    """:func:`jaxcnn.ops.avg_pool2d` on whichever of lax / im2col trains faster at this shape."""
+    return _pool_auto(_pool.avg_pool2d, _pool.avg_pool2d_im2col, x, kernel_size, stride,
+                      dict(padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                           data_format=data_format))

@@ -1,0 +1,141 @@
+"""conv2d_auto and the auto pools: every formulation a plan can pick is proven equal to the loops."""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxcnn import ops
+from jaxcnn.ops import autotune
+from jaxcnn.ops.im2col import Window, make_window, patches, tap_slices
+from tests.ops import reference as ref
+from tests.ops.helpers import assert_close, nchw_to, oihw_to, randn, to_nchw, to_oihw
+
+# (x NCHW, w OIHW, stride, padding pairs, dilation, groups)
+GEOMETRIES = [
+    ((2, 1, 9, 8), (3, 1, 3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),  # LeNet's C1: one input channel
+    ((2, 3, 7, 9), (4, 3, 2, 3), (2, 1), ((1, 0), (2, 1)), (1, 1), 1),  # strided, asymmetric padding
+    ((1, 2, 9, 9), (2, 2, 3, 3), (1, 2), ((1, 1), (0, 2)), (2, 1), 1),  # dilated
+    ((2, 4, 6, 6), (6, 2, 3, 1), (1, 1), ((1, 1), (0, 0)), (1, 1), 2),  # grouped
+    ((1, 5, 5, 4), (5, 5, 1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),  # 1x1
+]
+
+PLANS = [
+    autotune.ConvPlan(f, dw, dx)
+    for f, dw, dx in itertools.product(autotune.FORWARD, autotune.GRAD_WEIGHT, autotune.GRAD_INPUT)
+]
+
+
+def _window(x_nhwc_shape, w_hwio_shape, stride, pads, dilation):
+    return Window(tuple(w_hwio_shape[:2]), stride, dilation, pads, tuple(x_nhwc_shape[1:3]))
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: f"{p.forward}-{p.grad_weight}-{p.grad_input}")
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"x{g[0]}w{g[1]}s{g[2]}d{g[4]}g{g[5]}")
+def test_every_plan_matches_the_loop_reference(plan, geometry):
+    x_shape, w_shape, stride, pads, dilation, groups = geometry
+    if plan.forward == "taps" and groups > 1:
+        pytest.skip("plans offer taps only for groups == 1")
+    rng = np.random.default_rng(0)
+    x, w = randn(rng, x_shape), randn(rng, w_shape)
+    expected = ref.conv2d_loops(x, w, None, stride, pads, dilation, groups)
+    dy = randn(rng, expected.shape)
+    dx_ref, dw_ref, _ = ref.conv2d_loops_grad(x, w, dy, stride, pads, dilation, groups)
+
+    xl, wl = nchw_to(x, "NHWC"), oihw_to(w, "NHWC")
+    window = _window(xl.shape, wl.shape, stride, pads, dilation)
+    y, vjp = jax.vjp(lambda a, b: autotune._conv_planned(a, b, window, groups, plan), xl, wl)
+    dx, dw = vjp(nchw_to(dy, "NHWC"))
+    assert_close(to_nchw(y, "NHWC"), expected)
+    assert_close(to_nchw(dx, "NHWC"), dx_ref)
+    assert_close(to_oihw(dw, "NHWC"), dw_ref)
+
+
+@pytest.mark.parametrize("plan", [autotune.ConvPlan("taps", "im2col", "im2col"),
+                                  autotune.ConvPlan("im2col", "xla", "im2col")], ids=str)
+def test_mixed_plans_pass_finite_differences(plan):
+    rng = np.random.default_rng(1)
+    window = make_window((6, 5), (3, 2), (1, 2), 1, 1, "test")
+    with jax.enable_x64():
+        x, w = jnp.asarray(randn(rng, (1, 6, 5, 1)), jnp.float64), jnp.asarray(randn(rng, (3, 2, 1, 2)), jnp.float64)
+        check_grads(lambda a, b: autotune._conv_planned(a, b, window, 1, plan), (x, w), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+def test_patches_gather_and_slice_paths_agree(channels):
+    """Few channels take one gather, more a stack of slices: same receptive fields either way."""
+    x = jnp.asarray(randn(np.random.default_rng(2), (2, 7, 8, channels)))
+    window = make_window((7, 8), (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2), "test")
+    stacked = jnp.stack(tap_slices(x, window, -5.0), axis=-2).reshape(2, *window.out_size, 3, 2, channels)
+    np.testing.assert_array_equal(patches(x, window, -5.0), stacked)
+
+
+def test_conv2d_auto_measures_once_caches_and_matches_conv2d():
+    autotune.clear_plans()
+    rng = np.random.default_rng(3)
+    x, w, b = randn(rng, (16, 20, 20, 1)), randn(rng, (5, 5, 1, 16)), randn(rng, (16,))  # 16*16*16*16 outputs
+    f = jax.jit(jax.value_and_grad(lambda x, w, b: jnp.sum(ops.conv2d_auto(x, w, b) ** 2), (0, 1, 2)))
+    g = jax.jit(jax.value_and_grad(lambda x, w, b: jnp.sum(ops.conv2d(x, w, b) ** 2), (0, 1, 2)))
+    for got, want in zip(jax.tree_util.tree_leaves(f(x, w, b)), jax.tree_util.tree_leaves(g(x, w, b))):
+        assert_close(got, want, rtol=1e-4, atol=1e-4)
+    table = autotune.plans()
+    assert len(table["conv"]) == 1
+    (key, plan), = table["conv"].items()
+    assert "x(16, 20, 20, 1) w(5, 5, 1, 16) float32" in key
+    assert plan["forward"] in autotune.FORWARD and plan["grad_weight"] in autotune.GRAD_WEIGHT
+    json.dumps(table)  # the training loop saves it
+
+    autotune.clear_plans()
+    autotune.set_plans({"conv": {key: {"forward": "taps", "grad_weight": "im2col", "grad_input": "xla"}}})
+    y = ops.conv2d_auto(x, w, b)  # preset: no measuring, the given formulations
+    assert autotune.plans()["conv"] == {key: {"forward": "taps", "grad_weight": "im2col", "grad_input": "xla"}}
+    assert_close(y, ops.conv2d(x, w, b), rtol=1e-4, atol=1e-4)
+    autotune.clear_plans()
+
+
+def test_small_problems_are_not_measured_and_use_xla():
+    autotune.clear_plans()
+    ops.conv2d_auto(np.ones((1, 6, 6, 2), np.float32), np.ones((3, 3, 2, 2), np.float32))
+    assert list(autotune.plans()["conv"].values()) == [{"forward": "xla", "grad_weight": "xla", "grad_input": "xla"}]
+    autotune.clear_plans()
+
+
+def test_conv2d_auto_options_channels_first_and_padding_modes():
+    rng = np.random.default_rng(4)
+    x, w = randn(rng, (2, 3, 7, 6)), randn(rng, (4, 3, 3, 3))
+    for mode in ("zeros", "reflect", "circular"):
+        kw = dict(stride=(2, 1), padding=1, padding_mode=mode, data_format="NCHW")
+        assert_close(ops.conv2d_auto(x, w, **kw), ops.conv2d(x, w, **kw))
+        ga = jax.grad(lambda a: jnp.sum(ops.conv2d_auto(a, w, **kw) ** 2))(x)
+        gx = jax.grad(lambda a: jnp.sum(ops.conv2d(a, w, **kw) ** 2))(x)
+        assert_close(ga, gx, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_auto_validates_like_conv2d():
+    with pytest.raises(ValueError, match=r"conv2d_auto: x has 2 channels"):
+        ops.conv2d_auto(np.ones((1, 5, 5, 2), np.float32), np.ones((3, 3, 3, 4), np.float32))
+
+
+def test_set_plans_rejects_unknown_formulations():
+    with pytest.raises(ValueError, match=r"grad_input='fft'; expected one of \['im2col', 'xla'\]"):
+        autotune.set_plans({"conv": {"k": {"forward": "xla", "grad_weight": "xla", "grad_input": "fft"}}})
+    with pytest.raises(ValueError, match=r"pool 'k' is 'cudnn'"):
+        autotune.set_plans({"pool": {"k": "cudnn"}})
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_auto_pools_measure_and_match_lax(kind):
+    autotune.clear_plans()
+    x = randn(np.random.default_rng(5), (16, 32, 32, 8))  # large enough to be measured
+    auto, plain = {"max": (ops.max_pool2d_auto, ops.max_pool2d), "avg": (ops.avg_pool2d_auto, ops.avg_pool2d)}[kind]
+    np.testing.assert_allclose(auto(x, 2), plain(x, 2), rtol=1e-5, atol=1e-6)
+    relu_x = np.maximum(x, 0)  # ties at zero: the gradient goes to the first maximum either way
+    ga = jax.grad(lambda a: jnp.sum(auto(a, 3, 2, padding=1) ** 2))(relu_x)
+    gp = jax.grad(lambda a: jnp.sum(plain(a, 3, 2, padding=1) ** 2))(relu_x)
+    np.testing.assert_allclose(ga, gp, rtol=1e-5, atol=1e-6)
+    assert set(autotune.plans()["pool"].values()) <= {"xla", "im2col"} and len(autotune.plans()["pool"]) == 2
+    autotune.clear_plans()
