@@ -1,7 +1,7 @@
 """jaxcnn against PyTorch eager on this CPU, side by side: training steps, then single layers.
 
     pip install torch==2.13.0        # CPU build, for benchmarking only (never a jaxcnn dependency)
-    python benchmarks/vs_pytorch.py [--rounds 7] [--backends xla,im2col]
+    python benchmarks/vs_pytorch.py [--rounds 7] [--backends xla,im2col,auto]
 
 Training step: the same architecture, batch and optimizer (SGD, momentum 0.9,
 cross-entropy) in both frameworks, synthetic data resident in memory; PyTorch runs
@@ -10,13 +10,19 @@ eagerly (zero_grad, forward, backward, step), jaxcnn runs its jitted
 ResNet-20 (batch 128, 32x32x3) and a bottleneck ResNet-50 (batch 16, 64x64x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s.
+Both run in one process after ``jaxcnn.runtime.tune_cpu_malloc()`` (what the
+training loop does on CPU). Also reported per jaxcnn backend: the time to the
+first step (tracing, autotuning for ``auto``, compiling) and the process's peak
+resident memory after all models ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -27,7 +33,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
-from jaxcnn import models, ops  # noqa: E402
+from jaxcnn import models, ops, runtime  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
 
 
@@ -146,7 +152,9 @@ def jax_step(name, batch, shape, backend):
         box["state"], metrics = step(box["state"], data)
         return metrics["objective"]
 
-    return run
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    return run, time.perf_counter() - start
 
 
 LAYERS = [  # name, NHWC input without batch, HWIO kernel, stride, padding
@@ -176,8 +184,9 @@ def layer_candidates(shape, kernel, stride, padding, batch, backends):
     out = {"torch fwd": torch_fwd, "torch fwd+bwd": torch_fwd_bwd}
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)), jnp.float32)
     w = jnp.asarray(np.random.default_rng(1).standard_normal(kernel), jnp.float32)
+    conv_ops = {"xla": ops.conv2d, "im2col": ops.conv2d_im2col, "auto": ops.conv2d_auto}
     for backend in backends:
-        conv = functools.partial(ops.conv2d if backend == "xla" else ops.conv2d_im2col, stride=stride, padding=padding)
+        conv = functools.partial(conv_ops[backend], stride=stride, padding=padding)
         fwd = jax.jit(conv)
         grad = jax.jit(jax.grad(lambda a, b, conv=conv: jnp.sum(conv(a, b) ** 2), (0, 1)))
         out[f"{backend} fwd"] = lambda fwd=fwd: fwd(x, w)
@@ -188,26 +197,36 @@ def layer_candidates(shape, kernel, stride, padding, batch, backends):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--backends", default="xla,im2col")
+    parser.add_argument("--backends", default="xla,im2col,auto")
     parser.add_argument("--models", default="lenet5,resnet20,resnet50")
     parser.add_argument("--skip_layers", action="store_true")
     args = parser.parse_args()
     import torch
 
+    runtime.tune_cpu_malloc()
     backends = args.backends.split(",")
     print(f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --backends {args.backends}` on {machine()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n")
     print("| model (batch) | PyTorch images/s | " + " | ".join(f"jaxcnn {b} images/s" for b in backends)
           + " | " + " | ".join(f"{b} / PyTorch" for b in backends) + " |")
     print("|---" * (2 + 2 * len(backends)) + "|")
+    first_step = {}
     for name in args.models.split(","):
         batch, shape = MODELS[name]
-        cands = {"torch": torch_step(name, batch, shape), **{b: jax_step(name, batch, shape, b) for b in backends}}
+        cands = {"torch": torch_step(name, batch, shape)}
+        for b in backends:
+            cands[b], first_step[name, b] = jax_step(name, batch, shape, b)
         s = side_by_side(cands, rounds=args.rounds, min_time=1.0)
         rate = {k: batch / median(v) for k, v in s.items()}
         print(f"| {name} ({batch}) | {rate['torch']:,.0f} {spread(s['torch'])} | "
               + " | ".join(f"{rate[b]:,.0f} {spread(s[b])}" for b in backends) + " | "
               + " | ".join(f"{rate[b] / rate['torch']:.2f}" for b in backends) + " |", flush=True)
+    print("\n| model | " + " | ".join(f"{b}: first step s" for b in backends) + " |")
+    print("|---" * (1 + len(backends)) + "|")
+    for name in args.models.split(","):
+        print(f"| {name} | " + " | ".join(f"{first_step[name, b]:.1f}" for b in backends) + " |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\npeak resident memory of the whole run (all models, both frameworks): {peak:.2f} GiB")
     if args.skip_layers:
         return
     print("\n| layer (batch 128) | pass | PyTorch ms | " + " | ".join(f"{b} ms" for b in backends) + " |")

@@ -55,7 +55,9 @@ from jaxcnn.ops.im2col import (
     to_channels_last,
 )
 
-# Below this many output values (N*OH*OW*O) a plan is not worth measuring.
+# Below this many multiply-adds (N*OH*OW*O*KH*KW*C/G) a conv plan is not worth measuring;
+# below this many input values neither is a pool.
+MIN_MEASURED_MACS = 1 << 22
 MIN_MEASURED_OUTPUT = 1 << 16
 # The "taps" forward unrolls KH*KW*C/G multiply-adds; beyond this it stops paying.
 MAX_TAPS = 32
@@ -213,8 +215,8 @@ def conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
     """The cached :class:`ConvPlan` for this convolution, measured on first use."""
     key = plan_key(x_shape, w_shape, dtype, window, groups)
     if key not in _PLANS:
-        out_values = x_shape[0] * int(np.prod(window.out_size)) * w_shape[3]
-        if not _measures() or out_values < MIN_MEASURED_OUTPUT:
+        macs = x_shape[0] * int(np.prod(window.out_size)) * int(np.prod(w_shape))
+        if not _measures() or macs < MIN_MEASURED_MACS:
             _PLANS[key] = XLA_PLAN
         else:
             _PLANS[key] = _measure_conv_plan(x_shape, w_shape, dtype, window, groups)

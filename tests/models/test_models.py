@@ -146,6 +146,7 @@ def test_im2col_backend_equals_xla_logits_and_gradients(name, shape):
 @pytest.mark.parametrize("name,shape", SMALL[:3], ids=[s[0] for s in SMALL[:3]])
 def test_auto_backend_equals_xla_logits_and_gradients(name, shape, monkeypatch):
     """With every layer measured (no size floor), whatever formulations win give xla's results."""
+    monkeypatch.setattr(ops.autotune, "MIN_MEASURED_MACS", 0)
     monkeypatch.setattr(ops.autotune, "MIN_MEASURED_OUTPUT", 0)
     ops.autotune.clear_plans()
     _check_backend_equals_xla("auto", name, shape)

@@ -77,7 +77,7 @@ def test_patches_gather_and_slice_paths_agree(channels):
 def test_conv2d_auto_measures_once_caches_and_matches_conv2d():
     autotune.clear_plans()
     rng = np.random.default_rng(3)
-    x, w, b = randn(rng, (16, 20, 20, 1)), randn(rng, (5, 5, 1, 16)), randn(rng, (16,))  # 16*16*16*16 outputs
+    x, w, b = randn(rng, (16, 36, 36, 1)), randn(rng, (5, 5, 1, 16)), randn(rng, (16,))  # 6.5M multiply-adds
     f = jax.jit(jax.value_and_grad(lambda x, w, b: jnp.sum(ops.conv2d_auto(x, w, b) ** 2), (0, 1, 2)))
     g = jax.jit(jax.value_and_grad(lambda x, w, b: jnp.sum(ops.conv2d(x, w, b) ** 2), (0, 1, 2)))
     for got, want in zip(jax.tree_util.tree_leaves(f(x, w, b)), jax.tree_util.tree_leaves(g(x, w, b))):
@@ -85,7 +85,7 @@ def test_conv2d_auto_measures_once_caches_and_matches_conv2d():
     table = autotune.plans()
     assert len(table["conv"]) == 1
     (key, plan), = table["conv"].items()
-    assert "x(16, 20, 20, 1) w(5, 5, 1, 16) float32" in key
+    assert "x(16, 36, 36, 1) w(5, 5, 1, 16) float32" in key
     assert plan["forward"] in autotune.FORWARD and plan["grad_weight"] in autotune.GRAD_WEIGHT
     json.dumps(table)  # the training loop saves it
 
@@ -138,4 +138,14 @@ def test_auto_pools_measure_and_match_lax(kind):
     gp = jax.grad(lambda a: jnp.sum(plain(a, 3, 2, padding=1) ** 2))(relu_x)
     np.testing.assert_allclose(ga, gp, rtol=1e-5, atol=1e-6)
     assert set(autotune.plans()["pool"].values()) <= {"xla", "im2col"} and len(autotune.plans()["pool"]) == 2
+    autotune.clear_plans()
+
+
+def test_measured_plans_are_timed_not_defaulted(monkeypatch):
+    """Above the size floor the plan comes from timing every candidate of every pass."""
+    timed = []
+    monkeypatch.setattr(autotune, "_fastest", lambda candidates, args: timed.append(sorted(candidates)) or "xla")
+    autotune.clear_plans()
+    ops.conv2d_auto(np.ones((16, 36, 36, 1), np.float32), np.ones((5, 5, 1, 16), np.float32))
+    assert timed == [["im2col", "taps", "xla"], ["im2col", "xla"], ["im2col", "xla"]]
     autotune.clear_plans()
