@@ -19,8 +19,10 @@ about ten times faster as a fused sum of shifted inputs than as
 * input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``).
 
 The choice is a :class:`ConvPlan`, made once per shape signature by timing the
-candidates on random data of that signature (a fraction of a second per shape,
-at trace time) and cached for the process; :func:`plans` and
+candidates on random data of that signature (a second or so per shape, at trace
+time): each pass's fastest formulation, kept only if that mix also beats the
+all-xla and all-im2col plans on a whole forward + backward. It is cached for the
+process; :func:`plans` and
 :func:`set_plans` read and preset the cache, so a resumed run can reuse the
 first run's choices and stay bit-exact. Plans are measured only on the CPU
 backend in a single process and for problems big enough for the choice to
@@ -223,8 +225,8 @@ def conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
     return _PLANS[key]
 
 
-def _fastest(candidates: dict[str, Callable], args, rounds: int = 5, min_time: float = 0.01) -> str:
-    """Name of the candidate with the smallest median time per call over ``rounds`` rounds."""
+def _fastest(candidates: dict, args, rounds: int = 5, min_time: float = 0.01):
+    """Key of the candidate with the smallest median time per call over ``rounds`` rounds."""
     compiled = {name: jax.jit(fn).lower(*args).compile() for name, fn in candidates.items()}
     samples: dict[str, list[float]] = {name: [] for name in compiled}
     for name, fn in compiled.items():  # warm up
@@ -256,11 +258,23 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         forward = ["xla", "im2col"]
         if groups == 1 and w_shape[0] * w_shape[1] * w_shape[2] <= MAX_TAPS:
             forward.append("taps")
-        return ConvPlan(
+        mixed = ConvPlan(
             forward=_fastest(bind(FORWARD, forward), (x, w)),
             grad_weight=_fastest(bind(GRAD_WEIGHT, GRAD_WEIGHT), (x, w, dy)),
             grad_input=_fastest(bind(GRAD_INPUT, GRAD_INPUT), (x, w, dy)),
         )
+        # Passes timed alone need not add up: the winners' mix must also beat each whole
+        # backend on the full forward + backward, where XLA fuses across the passes.
+        plans = {plan: None for plan in (mixed, XLA_PLAN, ConvPlan("im2col", "im2col", "im2col"))}
+        return _fastest({plan: _training_pass(plan, window, groups) for plan in plans}, (x, w, dy))
+
+
+def _training_pass(plan: ConvPlan, window: Window, groups: int) -> Callable:
+    def run(x, w, dy):
+        y, vjp = jax.vjp(lambda a, b: _conv_planned(a, b, window, groups, plan), x, w)
+        return y, vjp(dy)
+
+    return run
 
 
 # --- pools ----------------------------------------------------------------------------------

@@ -142,10 +142,16 @@ def test_auto_pools_measure_and_match_lax(kind):
 
 
 def test_measured_plans_are_timed_not_defaulted(monkeypatch):
-    """Above the size floor the plan comes from timing every candidate of every pass."""
+    """Above the size floor: every candidate of every pass is timed, then the mix against whole backends."""
     timed = []
-    monkeypatch.setattr(autotune, "_fastest", lambda candidates, args: timed.append(sorted(candidates)) or "xla")
+
+    def first(candidates, args):
+        timed.append([str(name) for name in candidates])
+        return next(iter(candidates))
+
+    monkeypatch.setattr(autotune, "_fastest", first)
     autotune.clear_plans()
     ops.conv2d_auto(np.ones((16, 36, 36, 1), np.float32), np.ones((5, 5, 1, 16), np.float32))
-    assert timed == [["im2col", "taps", "xla"], ["im2col", "xla"], ["im2col", "xla"]]
+    assert timed[:3] == [["xla", "im2col", "taps"], ["xla", "im2col"], ["xla", "im2col"]]
+    assert timed[3] == [str(autotune.XLA_PLAN), str(autotune.ConvPlan("im2col", "im2col", "im2col"))]  # mix == xla
     autotune.clear_plans()
