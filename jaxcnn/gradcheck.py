@@ -9,6 +9,9 @@ errors of
 
 * ``conv2d_im2col`` (hand-written im2col/col2im VJP) against ``conv2d`` (lax):
   forward, and the gradients w.r.t. input, weight and bias;
+* ``conv2d_auto`` under every plan it can choose (each combination of the
+  forward, weight-gradient and input-gradient formulations) against lax: the
+  largest error of forward and gradients over all plans;
 * each backend's reverse-mode gradient against central finite differences
   in float64, along a random direction of all inputs at once;
 * the im2col pooling variants against the ``lax.reduce_window`` ones;
@@ -33,6 +36,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxcnn import ops
+from jaxcnn.ops import autotune
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -168,6 +172,12 @@ def check_conv(case: ConvCase, rng: np.random.Generator) -> dict[str, float]:
     expected = _value_and_vjp(lax_conv, (x, w, b), dy)
     actual = _value_and_vjp(im2col_conv, (x, w, b), dy)
     errors = {name: relative_error(a, e) for name, a, e in zip(("fwd", "dx", "dw", "db"), actual, expected)}
+    errors["plans"] = max(
+        relative_error(a, e)
+        for plan in autotune.all_plans(case.kwargs["groups"])
+        for a, e in zip(_value_and_vjp(lambda *a, plan=plan: ops.conv2d_auto(*a, **case.kwargs, plan=plan),
+                                       (x, w, b), dy), expected)
+    )
     errors["fd lax"] = finite_difference_error(lax_conv, (x, w, b), rng)
     errors["fd im2col"] = finite_difference_error(im2col_conv, (x, w, b), rng)
     return errors
@@ -262,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num < 1:
         parser.error(f"--num must be >= 1, got {args.num}")
     fd_tol = args.fd_tol or (1e-5 if args.model else 1e-6)
-    tolerances = {c: args.tol for c in ("fwd", "dx", "dw", "db", "dparams")}
+    tolerances = {c: args.tol for c in ("fwd", "dx", "dw", "db", "plans", "dparams")}
     tolerances |= {f"fd {b}": fd_tol for b in ("lax", "xla", "im2col")}
 
     rng = np.random.default_rng(args.seed)

@@ -77,6 +77,12 @@ class ConvPlan:
 XLA_PLAN = ConvPlan()
 
 
+def all_plans(groups: int = 1) -> list[ConvPlan]:
+    """Every plan valid for a convolution with ``groups`` groups (taps needs groups == 1)."""
+    return [ConvPlan(f, dw, dx) for f in FORWARD for dw in GRAD_WEIGHT for dx in GRAD_INPUT
+            if f != "taps" or groups == 1]
+
+
 # --- formulations, all over NHWC x, HWIO w, zero padding given by the window ----------------
 
 
@@ -148,12 +154,13 @@ _conv_planned.defvjp(_conv_planned_fwd, _conv_planned_bwd)
 
 
 def conv2d_auto(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                data_format="NHWC"):
+                data_format="NHWC", plan: ConvPlan | None = None):
     """:func:`jaxcnn.ops.conv2d`, each pass computed by the formulation measured fastest.
 
     Same signature, validation and results (to float rounding) as ``conv2d``;
     the forward, weight-gradient and input-gradient formulations are chosen per
-    shape by :func:`conv_plan` (see the module docstring). Non-zero padding
+    shape by :func:`conv_plan` (see the module docstring), or forced by ``plan``
+    (as the gradient check does, to prove every plan equal). Non-zero padding
     modes pad first and are differentiated by JAX; the bias is added outside.
     """
     x, w, b, spec = resolve_conv(
@@ -165,7 +172,10 @@ def conv2d_auto(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, padd
     if not spec.channels_last:
         w = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
     window = Window(spec.kernel_size, spec.stride, spec.dilation, pads, tuple(x.shape[1:3]))
-    plan = conv_plan(x.shape, w.shape, x.dtype, window, spec.groups)
+    if plan is None:
+        plan = conv_plan(x.shape, w.shape, x.dtype, window, spec.groups)
+    elif plan.forward == "taps" and spec.groups != 1:
+        raise ValueError(f"conv2d_auto: plan.forward='taps' needs groups=1, got groups={spec.groups}")
     y = from_channels_last(_conv_planned(x, w, window, spec.groups, plan), spec.channels_last)
     return add_bias(y, b, spec)
 

@@ -157,3 +157,10 @@ def test_measured_plans_are_timed_not_defaulted(monkeypatch):
     assert timed[:3] == [["xla", "im2col", "taps"], ["xla", "im2col"], ["xla", "im2col"]]
     assert timed[3] == [str(autotune.XLA_PLAN), str(autotune.ConvPlan("im2col", "im2col", "im2col"))]  # mix == xla
     autotune.clear_plans()
+
+
+def test_a_forced_taps_plan_needs_groups_1():
+    with pytest.raises(ValueError, match=r"plan.forward='taps' needs groups=1, got groups=2"):
+        ops.conv2d_auto(np.ones((1, 5, 5, 2), np.float32), np.ones((3, 3, 1, 2), np.float32), groups=2,
+                        plan=autotune.ConvPlan("taps"))
+    assert len(autotune.all_plans(1)) == 12 and len(autotune.all_plans(2)) == 8
