@@ -46,15 +46,15 @@ import numpy as np
 from jax import lax
 
 from jaxcnn.ops import pool as _pool
-from jaxcnn.ops.conv import add_bias, apply_padding_mode, resolve_conv
+from jaxcnn.ops.conv import add_bias
 from jaxcnn.ops.im2col import (
     Window,
     from_channels_last,
     matmul_forward,
     matmul_grad_input,
     matmul_grad_weight,
+    resolve_conv2d_nhwc,
     tap_slices,
-    to_channels_last,
 )
 
 # Below this many multiply-adds (N*OH*OW*O*KH*KW*C/G) a conv plan is not worth measuring;
@@ -163,15 +163,10 @@ def conv2d_auto(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, padd
     (as the gradient check does, to prove every plan equal). Non-zero padding
     modes pad first and are differentiated by JAX; the bias is added outside.
     """
-    x, w, b, spec = resolve_conv(
-        x, w, b, ndim=2, stride=stride, padding=padding, dilation=dilation, groups=groups,
+    x, w, b, spec, window = resolve_conv2d_nhwc(
+        x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, data_format=data_format, fn="conv2d_auto",
     )
-    x, pads = apply_padding_mode(x, spec)
-    x = to_channels_last(x, spec.channels_last)
-    if not spec.channels_last:
-        w = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
-    window = Window(spec.kernel_size, spec.stride, spec.dilation, pads, tuple(x.shape[1:3]))
     if plan is None:
         plan = conv_plan(x.shape, w.shape, x.dtype, window, spec.groups)
     elif plan.forward == "taps" and spec.groups != 1:

@@ -307,13 +307,23 @@ def conv2d_im2col(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
     ``dx = col2im(dy·Wᵀ)``; reflect/replicate/circular padding is applied
     before the im2col and differentiated by JAX.
     """
-    x, w, b, spec = resolve_conv(
-        x, w, b, ndim=2, stride=stride, padding=padding, dilation=dilation, groups=groups,
+    x, w, b, spec, window = resolve_conv2d_nhwc(
+        x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
         padding_mode=padding_mode, data_format=data_format, fn="conv2d_im2col",
     )
+    return from_channels_last(_conv_nhwc(x, w, b, window, spec.groups), spec.channels_last)
+
+
+def resolve_conv2d_nhwc(x, w, b, *, fn: str, **options):
+    """Validate a 2-D conv call (``conv2d``'s options) and bring it to NHWC / HWIO.
+
+    Non-zero padding modes are applied here (differentiable by JAX), so the returned
+    ``window`` pads with zeros. Returns ``(x, w, b, spec, window)``.
+    """
+    x, w, b, spec = resolve_conv(x, w, b, ndim=2, fn=fn, **options)
     x, pads = apply_padding_mode(x, spec)
     x = to_channels_last(x, spec.channels_last)
     if not spec.channels_last:
         w = jnp.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
     window = Window(spec.kernel_size, spec.stride, spec.dilation, pads, tuple(x.shape[1:3]))
-    return from_channels_last(_conv_nhwc(x, w, b, window, spec.groups), spec.channels_last)
+    return x, w, b, spec, window
