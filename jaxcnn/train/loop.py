@@ -185,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_fn, eval_fn = parallel.compile_steps(
         mode, mesh, functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule, cfg=step_cfg),
         functools.partial(eval_step, apply_fn=model.apply, cfg=step_cfg, use_ema=config.optimizer.ema_decay > 0))
+    wait_each_step = parallel.one_step_in_flight(mesh)
 
     if is_main:
         print(models.summary(model, pipeline.input_shape), flush=True)
@@ -193,7 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = MetricWriter(workdir)
 
     def evaluate(step: int) -> dict:
-        result = losses.finalize(_sum_metrics(eval_fn(state, batch) for batch in pipeline.eval_batches()))
+        steps = (eval_fn(state, batch) for batch in pipeline.eval_batches())
+        if wait_each_step:
+            steps = map(jax.block_until_ready, steps)
+        result = losses.finalize(_sum_metrics(steps))
         writer.write(step, "eval", result)
         return result
 
@@ -205,6 +209,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with _StopSignals() as signals, bar:
         for step in range(start_step, total_steps):
             state, metrics = train_fn(state, next(batches))
+            if wait_each_step:
+                jax.block_until_ready(metrics)
             pending.append(metrics)
             done = step + 1
             stop = signals.received  # read once: a signal arriving later is handled after the next step

@@ -48,8 +48,11 @@ def metric_sums(loss_name: str, logits, labels, per_example, mask=None) -> dict:
         truth = labels if labels.ndim == 1 else jnp.argmax(labels, axis=-1)
         sums["correct"] = jnp.sum((jnp.argmax(logits, axis=-1) == truth) * mask)
         if logits.shape[-1] >= 5:
-            top5 = jax.lax.top_k(logits, 5)[1]
-            sums["top5"] = jnp.sum(jnp.any(top5 == truth[:, None], axis=-1) * mask)
+            # In the top 5 when fewer than 5 classes score higher. Per example and elementwise, so a
+            # batch-sharded step needs no all-gather (lax.top_k would gather the logits, and a second
+            # collective beside the gradient all-reduce can deadlock XLA's CPU devices).
+            true_logit = jnp.take_along_axis(logits, truth[:, None].astype(jnp.int32), axis=-1)
+            sums["top5"] = jnp.sum((jnp.sum(logits > true_logit, axis=-1) < 5) * mask)
     return sums
 
 

@@ -45,6 +45,16 @@ def replicated(mesh: Mesh | None):
     return None if mesh is None else NamedSharding(mesh, P())
 
 
+def one_step_in_flight(mesh: Mesh | None) -> bool:
+    """Whether the loop must wait for each step before dispatching the next.
+
+    XLA's CPU devices share one thread pool; with several steps queued, a device
+    blocked in one step's gradient all-reduce can hold the threads its peer needs
+    to reach that all-reduce, and both wait forever (seen with 2 devices on 2 cores).
+    """
+    return mesh is not None and mesh.devices.size > 1 and jax.default_backend() == "cpu"
+
+
 def compile_steps(mode: str, mesh: Mesh | None, train_step, eval_step):
     """Jit ``train_step(state, batch)`` (state donated) and ``eval_step(state, batch)`` for ``mode``.
 

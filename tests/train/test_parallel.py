@@ -53,3 +53,25 @@ def test_mode_equals_one_device(mode):
 def test_mode_names():
     assert parallel.resolve_mode("pmap") == "shard_map"
     assert parallel.resolve_mode("auto") == ("jit" if jax.device_count() > 1 else "none")
+
+
+def test_the_sharded_step_has_one_collective_the_gradient_all_reduce():
+    """Two independent collectives may run in different orders on XLA's CPU devices and deadlock."""
+    model = models.create("lenet5", num_classes=10)
+    tx = optax.sgd(0.1)
+    train, _ = parallel.compile_steps(
+        "jit", parallel.make_mesh(),
+        functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.1),
+                          cfg=StepConfig()),
+        functools.partial(eval_step, apply_fn=model.apply, cfg=StepConfig()))
+    state = create_train_state(model, tx, (32, 32, 1), seed=0, ema=False)
+    batch = {"image": jnp.zeros((8, 32, 32, 1)), "label": jnp.zeros((8,), jnp.int32)}
+    hlo = train.lower(state, batch).compile().as_text()
+    assert "all-reduce(" in hlo
+    for other in ("all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter("):
+        assert other not in hlo, other
+
+
+def test_cpu_meshes_keep_one_step_in_flight():
+    assert parallel.one_step_in_flight(parallel.make_mesh())  # 4 CPU devices sharing one thread pool
+    assert not parallel.one_step_in_flight(None)

@@ -126,3 +126,13 @@ def test_losses_against_hand_computed_values():
     sums = losses.metric_sums("cross_entropy", logits, labels, losses.cross_entropy(logits, labels))
     assert float(sums["correct"]) == 1 and "top5" not in sums
     assert losses.finalize(sums)["accuracy"] == 0.5
+
+
+def test_top5_counts_examples_whose_label_is_among_the_five_highest():
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((64, 12)).astype(np.float32)
+    labels = rng.integers(0, 12, 64)
+    mask = rng.random(64) < 0.8
+    sums = losses.metric_sums("cross_entropy", jnp.asarray(logits), jnp.asarray(labels), jnp.zeros(64), jnp.asarray(mask))
+    top5 = np.argsort(-logits, axis=-1)[:, :5]
+    assert float(sums["top5"]) == np.sum((top5 == labels[:, None]).any(-1) & mask)
