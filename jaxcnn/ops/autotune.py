@@ -24,8 +24,8 @@ resumed run can reuse the first run's choices and stay bit-exact. Plans are
 measured only on the CPU backend in a single process and for problems big
 enough for the choice to matter; elsewhere (GPU/TPU convolutions are the vendor
 libraries' already, multi-process runs must agree on one program) every pass is
-``"xla"``. On CPU the input saved for the backward is also stored once, apart
-from its producer (see ``_materialized``), whatever the plan.
+``"xla"``. On CPU an input of 16 channels or more is also stored once for the
+backward, apart from its producer (see ``_materialized``), whatever the plan.
 
 Pools with ``backend="auto"`` choose between the lax and the im2col
 formulation the same way, by the time of forward plus backward.
@@ -58,6 +58,9 @@ from jaxcnn.ops.im2col import (
 # below this many input values neither is a pool.
 MIN_MEASURED_MACS = 1 << 22
 MIN_MEASURED_OUTPUT = 1 << 16
+# Conv inputs this wide are stored for the backward (_materialized); narrower ones (LeNet-5's 1 and
+# 6 channels) measured 15-25% slower stored than recomputed.
+MATERIALIZED_FROM_CHANNELS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +132,20 @@ def _materialized(x):
     XLA's CPU fusion re-runs the producer's whole elementwise chain (BatchNorm,
     residual adds, ReLU, back through a ResNet stage's shortcuts) inside those
     transposing loops; a matmul is never fused into its consumers, so this one
-    pass over ``x`` stores it once (ResNet-20's CPU step: 1.25x faster).
+    pass over ``x`` stores it once (ResNet-20's CPU step: 1.1-1.25x faster). The
+    identity is at most 16 x 16 over the flattened array, so the pass costs at
+    most 16 multiply-adds per value however wide ``x`` is (a 1 x 1 one would be
+    simplified into a fusible multiply).
     """
-    return lax.dot_general(x, jnp.eye(x.shape[-1], dtype=x.dtype), (((x.ndim - 1,), (0,)), ((), ())),
-                           preferred_element_type=x.dtype)
+    block = next((k for k in (16, 8, 4, 2) if x.size % k == 0), 1)
+    rows = x.reshape(-1, block)
+    eye = jnp.eye(block, dtype=x.dtype)
+    return lax.dot_general(rows, eye, (((1,), (0,)), ((), ())), preferred_element_type=x.dtype).reshape(x.shape)
 
 
 def _conv_planned_fwd(x, w, window, groups, plan):
-    residual = _materialized(x) if jax.default_backend() == "cpu" else x
+    store = jax.default_backend() == "cpu" and x.shape[-1] >= MATERIALIZED_FROM_CHANNELS
+    residual = _materialized(x) if store else x
     return _conv_planned(x, w, window, groups, plan), (residual, w)
 
 
