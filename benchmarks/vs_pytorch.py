@@ -225,6 +225,12 @@ def main():
     print("|---" * (1 + len(backends)) + "|")
     for name in args.models.split(","):
         print(f"| {name} | " + " | ".join(f"{first_step[name, b]:.1f}" for b in backends) + " |")
+    if "auto" in backends:
+        print("\nplans auto chose (forward / weight gradient / input gradient), per conv shape:")
+        for key, plan in ops.autotune.plans()["conv"].items():
+            if plan != {"forward": "xla", "grad_weight": "xla", "grad_input": "xla"}:
+                print(f"- `{key}`: {plan['forward']} / {plan['grad_weight']} / {plan['grad_input']}")
+        print("(every other conv shape: xla / xla / xla)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\npeak resident memory of the whole run (all models, both frameworks): {peak:.2f} GiB")
     if args.skip_layers:

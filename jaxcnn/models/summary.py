@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxcnn.ops import autotune
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerRow:
@@ -73,7 +75,7 @@ def layer_table(model: nn.Module, input_shape, *, dtype=jnp.float32) -> tuple[li
         key = jax.random.key(0)
         return model.init({"params": key, "dropout": key}, jnp.zeros((1, *shape), dtype), train=False)
 
-    with nn.intercept_methods(record):
+    with nn.intercept_methods(record), autotune.measuring_paused():
         variables = jax.eval_shape(init)
     params = variables.get("params", {})
     paths = [path for path, _, _ in calls]

@@ -33,6 +33,7 @@ formulation the same way, by the time of forward plus backward.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -218,6 +219,23 @@ def clear_plans() -> None:
     _POOL_CHOICES.clear()
 
 
+_PAUSED: list[bool] = []
+
+
+@contextlib.contextmanager
+def measuring_paused():
+    """Within this block, shapes with no cached choice run on xla, unmeasured and uncached.
+
+    For code that traces a model only for its shapes or initial parameters (on a
+    batch of 1 that training never sees): measuring those shapes would be wasted.
+    """
+    _PAUSED.append(True)
+    try:
+        yield
+    finally:
+        _PAUSED.pop()
+
+
 def _measures() -> bool:
     return jax.default_backend() == "cpu" and jax.process_count() == 1
 
@@ -225,6 +243,8 @@ def _measures() -> bool:
 def conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
     """The cached :class:`ConvPlan` for this convolution, measured on first use."""
     key = plan_key(x_shape, w_shape, dtype, window, groups)
+    if key not in _PLANS and _PAUSED:
+        return XLA_PLAN
     if key not in _PLANS:
         macs = x_shape[0] * int(np.prod(window.out_size)) * int(np.prod(w_shape))
         if not _measures() or macs < MIN_MEASURED_MACS:
@@ -290,6 +310,8 @@ def _training_pass(plan: ConvPlan, window: Window, groups: int) -> Callable:
 def _pool_auto(lax_fn, im2col_fn, x, kernel_size, stride, kwargs):
     key = (f"{lax_fn.__name__} x{tuple(x.shape)} {jnp.dtype(x.dtype).name} k{kernel_size} s{stride} "
            f"{sorted(kwargs.items())} {jax.default_backend()}")
+    if key not in _POOL_CHOICES and _PAUSED:
+        return lax_fn(x, kernel_size, stride, **kwargs)
     if key not in _POOL_CHOICES:
         if not _measures() or x.size < MIN_MEASURED_OUTPUT:
             _POOL_CHOICES[key] = "xla"

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcnn.ops import autotune
+
 INIT_STREAM = 0x1A17  # fold_in constant: parameter initialisation apart from dropout and data
 
 
@@ -33,8 +35,9 @@ def create_train_state(model, tx: optax.GradientTransformation, input_shape, *, 
     """Initialise the model on a dummy batch of ``input_shape`` (H, W, C); jit this for large models."""
     root = jax.random.key(seed)
     init_key = jax.random.fold_in(root, INIT_STREAM)
-    variables = model.init({"params": init_key, "dropout": init_key}, jnp.zeros((1, *input_shape), jnp.float32),
-                           train=False)
+    with autotune.measuring_paused():  # the dummy batch of 1 is never trained on
+        variables = model.init({"params": init_key, "dropout": init_key}, jnp.zeros((1, *input_shape), jnp.float32),
+                               train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),

@@ -170,3 +170,33 @@ def test_the_materialized_residual_is_exactly_the_input(dtype):
     x = jnp.asarray(x, dtype)
     np.testing.assert_array_equal(np.asarray(jax.jit(autotune._materialized)(x), np.float32),
                                   np.asarray(x, np.float32))
+
+
+def test_initialising_a_model_measures_nothing(monkeypatch):
+    """Parameters are initialised on a batch of 1 that is never trained on: no plan is measured or kept."""
+    import flax.linen as nn
+    import optax
+
+    from jaxcnn.layers import Conv, MaxPool
+    from jaxcnn.models import summary
+    from jaxcnn.train import create_train_state
+
+    class Wide(nn.Module):  # 37.7M multiply-adds per image: measured at any batch outside the pause
+        @nn.compact
+        def __call__(self, x, train=False):
+            return MaxPool(2, backend="auto")(Conv(64, 3, padding=1, backend="auto")(x))
+
+    def fail(*args):
+        raise AssertionError("measured while paused")
+
+    monkeypatch.setattr(autotune, "_fastest", fail)
+    autotune.clear_plans()
+    create_train_state(Wide(), optax.sgd(0.1), (64, 64, 16), seed=0, ema=False)
+    summary(Wide(), (64, 64, 16))
+    assert autotune.plans() == {"conv": {}, "pool": {}}
+    with autotune.measuring_paused():  # a cached choice is still used inside
+        autotune.set_plans({"conv": {"k": {"forward": "im2col", "grad_weight": "xla", "grad_input": "xla"}}})
+    assert list(autotune.plans()["conv"]) == ["k"]
+    with pytest.raises(AssertionError, match="measured while paused"):  # outside, it measures again
+        ops.conv2d_auto(np.ones((1, 64, 64, 16), np.float32), np.ones((3, 3, 16, 64), np.float32), padding=1)
+    autotune.clear_plans()
