@@ -28,6 +28,7 @@ from jaxcnn.ops.pool import (
 
 __all__ = [
     "PADDING_MODES",
+    "autotune",
     "avg_pool1d",
     "avg_pool2d",
     "avg_pool2d_auto",
@@ -35,7 +36,6 @@ __all__ = [
     "avg_pool3d",
     "col2im",
     "conv1d",
-    "autotune",
     "conv2d",
     "conv2d_auto",
     "conv2d_im2col",

@@ -49,6 +49,7 @@ from jaxcnn.ops.conv import add_bias
 from jaxcnn.ops.im2col import (
     Window,
     from_channels_last,
+    grouped_cols,
     matmul_forward,
     matmul_grad_input,
     matmul_grad_weight,
@@ -104,7 +105,7 @@ def _xla_grad_input(x, w, dy, window, groups):
 
 
 def _im2col_grad_weight(x, w, dy, window, groups):
-    return matmul_grad_weight(matmul_forward(x, w, window, groups)[1], dy, w.shape, groups)
+    return matmul_grad_weight(grouped_cols(x, window, groups), dy, w.shape, groups)
 
 
 def _im2col_grad_input(x, w, dy, window, groups):
@@ -145,15 +146,22 @@ def _materialized(x):
 
 
 def _conv_planned_fwd(x, w, window, groups, plan):
+    if plan.forward == plan.grad_weight == "im2col":
+        # The weight gradient reads the forward's im2col matrix: build it once, keep it.
+        y, cols_g = matmul_forward(x, w, window, groups)
+        return y, (x, w, cols_g)
     store = jax.default_backend() == "cpu" and x.shape[-1] >= MATERIALIZED_FROM_CHANNELS
     residual = _materialized(x) if store else x
-    return _conv_planned(x, w, window, groups, plan), (residual, w)
+    return _conv_planned(x, w, window, groups, plan), (residual, w, None)
 
 
 def _conv_planned_bwd(window, groups, plan, residuals, dy):
-    x, w = residuals
+    x, w, cols_g = residuals
     dx = GRAD_INPUT[plan.grad_input](x, w, dy, window, groups)  # dead code when x needs no gradient
-    dw = GRAD_WEIGHT[plan.grad_weight](x, w, dy, window, groups)
+    if cols_g is None:
+        dw = GRAD_WEIGHT[plan.grad_weight](x, w, dy, window, groups)
+    else:
+        dw = matmul_grad_weight(cols_g, dy, w.shape, groups)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

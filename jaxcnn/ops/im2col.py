@@ -250,17 +250,19 @@ def _group_rows(dy, groups):
     return dy.reshape(-1, groups, dy.shape[-1] // groups).transpose(1, 0, 2)
 
 
+def grouped_cols(x, window: Window, groups: int):
+    """The im2col matrix of NHWC ``x`` per group, ``(G, N*OH*OW, KH*KW*C/G)``."""
+    return _group_cols(patches(x, window), groups)
+
+
 def matmul_forward(x, w, window: Window, groups: int):
     """Convolution of NHWC ``x`` by HWIO ``w`` as ``cols @ W``; returns ``(y, cols_g)``.
 
-    ``cols_g`` ``(G, N*OH*OW, KH*KW*C/G)`` is the im2col matrix per group, the
-    residual :func:`matmul_grad_weight` needs.
+    ``cols_g`` is :func:`grouped_cols`, the residual :func:`matmul_grad_weight` needs.
     """
-    cols = patches(x, window)  # im2col, (N, OH, OW, KH, KW, C)
-    n, oh, ow = cols.shape[:3]
-    cols_g = _group_cols(cols, groups)
+    cols_g = grouped_cols(x, window, groups)
     y = jnp.matmul(cols_g, _group_weight(w, groups))  # (G, M, O/G)
-    return y.transpose(1, 0, 2).reshape(n, oh, ow, w.shape[3]), cols_g
+    return y.transpose(1, 0, 2).reshape(x.shape[0], *window.out_size, w.shape[3]), cols_g
 
 
 def matmul_grad_weight(cols_g, dy, w_shape, groups: int):

@@ -200,3 +200,17 @@ def test_initialising_a_model_measures_nothing(monkeypatch):
     with pytest.raises(AssertionError, match="measured while paused"):  # outside, it measures again
         ops.conv2d_auto(np.ones((1, 64, 64, 16), np.float32), np.ones((3, 3, 16, 64), np.float32), padding=1)
     autotune.clear_plans()
+
+
+def test_an_im2col_forward_and_weight_gradient_share_one_im2col_matrix():
+    """The weight gradient reuses the forward's columns instead of building them again from x."""
+    window = make_window((6, 6), 3, 1, 1, 1, "test")
+    x, w, dy = np.ones((2, 6, 6, 16), np.float32), np.ones((3, 3, 16, 4), np.float32), np.ones((2, 6, 6, 4), np.float32)
+
+    def train_pass(x, w):
+        y, vjp = jax.vjp(lambda a, b: autotune._conv_planned(a, b, window, 1, autotune.ConvPlan("im2col", "im2col", "xla")),
+                         x, w)
+        return y, vjp(dy)
+
+    lowered = jax.jit(train_pass).lower(x, w).as_text()  # before XLA's optimisations (no CSE yet)
+    assert lowered.count("stablehlo.concatenate") == 1  # the one stack of the 9 tap slices
