@@ -25,7 +25,7 @@ measured only on the CPU backend in a single process and for problems big
 enough for the choice to matter; elsewhere (GPU/TPU convolutions are the vendor
 libraries' already, multi-process runs must agree on one program) every pass is
 ``"xla"``. On CPU an input of 16 channels or more is also stored once for the
-backward, apart from its producer (see ``_materialized``), whatever the plan.
+backward, apart from its producer (see ``jaxcnn.ops._fusion.materialized``), whatever the plan.
 
 Pools with ``backend="auto"`` choose between the lax and the im2col
 formulation the same way, by the time of forward plus backward.
@@ -45,6 +45,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn.ops import pool as _pool
+from jaxcnn.ops._fusion import materialized
 from jaxcnn.ops.conv import add_bias
 from jaxcnn.ops.im2col import (
     Window,
@@ -60,7 +61,7 @@ from jaxcnn.ops.im2col import (
 # below this many input values neither is a pool.
 MIN_MEASURED_MACS = 1 << 22
 MIN_MEASURED_OUTPUT = 1 << 16
-# Conv inputs this wide are stored for the backward (_materialized); narrower ones (LeNet-5's 1 and
+# Conv inputs this wide are stored for the backward (materialized); narrower ones (LeNet-5's 1 and
 # 6 channels) measured 15-25% slower stored than recomputed.
 MATERIALIZED_FROM_CHANNELS = 16
 
@@ -126,32 +127,13 @@ def _conv_planned(x, w, window: Window, groups: int, plan: ConvPlan):
     return FORWARD[plan.forward](x, w, window, groups)
 
 
-def _materialized(x):
-    """``x`` itself, as the output of a matmul by the identity (exact for finite ``x``).
-
-    The backward reads ``x`` in another order than its producer wrote it (XLA's
-    weight gradient wants it batch-minor, im2col slices it per tap). Left alone,
-    XLA's CPU fusion re-runs the producer's whole elementwise chain (BatchNorm,
-    residual adds, ReLU, back through a ResNet stage's shortcuts) inside those
-    transposing loops; a matmul is never fused into its consumers, so this one
-    pass over ``x`` stores it once (ResNet-20's CPU step: 1.1-1.25x faster). The
-    identity is at most 16 x 16 over the flattened array, so the pass costs at
-    most 16 multiply-adds per value however wide ``x`` is (a 1 x 1 one would be
-    simplified into a fusible multiply).
-    """
-    block = next((k for k in (16, 8, 4, 2) if x.size % k == 0), 1)
-    rows = x.reshape(-1, block)
-    eye = jnp.eye(block, dtype=x.dtype)
-    return lax.dot_general(rows, eye, (((1,), (0,)), ((), ())), preferred_element_type=x.dtype).reshape(x.shape)
-
-
 def _conv_planned_fwd(x, w, window, groups, plan):
     if plan.forward == plan.grad_weight == "im2col":
         # The weight gradient reads the forward's im2col matrix: build it once, keep it.
         y, cols_g = matmul_forward(x, w, window, groups)
         return y, (x, w, cols_g)
     store = jax.default_backend() == "cpu" and x.shape[-1] >= MATERIALIZED_FROM_CHANNELS
-    residual = _materialized(x) if store else x
+    residual = materialized(x) if store else x
     return _conv_planned(x, w, window, groups, plan), (residual, w, None)
 
 
