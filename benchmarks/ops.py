@@ -17,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
@@ -38,6 +39,11 @@ POOL_LAYERS = [
     ("lenet5 S2 max 2x2", (28, 28, 6), 2, 2, 0),
     ("lenet5 S4 max 2x2", (10, 10, 16), 2, 2, 0),
     ("resnet stem max 3x3/2 p1", (32, 32, 16), 3, 2, 1),
+]
+# max pools whose gradient is also timed as JAX derives it for lax.reduce_window
+MAX_POOL_GRADIENT_LAYERS = POOL_LAYERS + [
+    ("vgg 2x2 on 32x32x64", (32, 32, 64), 2, 2, 0),
+    ("alexnet 3x3/2 on 13x13x256", (13, 13, 256), 3, 2, 0),
 ]
 
 
@@ -68,6 +74,22 @@ def pool_candidates(shape, kernel, stride, padding, batch):
     return out
 
 
+def max_pool_gradient_candidates(shape, kernel, stride, padding, batch):
+    """jaxcnn's max_pool2d gradient against JAX's own derivative of the same reduce_window."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)), jnp.float32)
+
+    def jax_derived(v):
+        pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+        return lax.reduce_window(v, -jnp.inf, lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1), pads)
+
+    jaxcnn = functools.partial(ops.max_pool2d, kernel_size=kernel, stride=stride, padding=padding)
+    out = {}
+    for name, f in (("jax", jax_derived), ("jaxcnn", jaxcnn)):
+        g = jax.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
+        out[name] = lambda g=g: g(x)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -93,6 +115,13 @@ def main():
                       f"{median(im_t) * 1e3:.2f} {spread(im_t)} | {median(im_t) / median(lax_t):.2f} |", flush=True)
     geo = {p: float(np.exp(np.mean(np.log(r)))) for p, r in ratios.items()}
     print(f"\nconv im2col/lax geometric mean: fwd {geo['fwd']:.2f}, fwd+bwd {geo['fwd+bwd']:.2f}")
+    print("\n| max pool | fwd+bwd: JAX's reduce_window derivative ms | jaxcnn max_pool2d ms | jaxcnn / JAX |")
+    print("|---|---|---|---|")
+    for name, shape, kernel, stride, padding in MAX_POOL_GRADIENT_LAYERS:
+        s = side_by_side(max_pool_gradient_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
+        print(f"| {name.replace(' max', '')} | {median(s['jax']) * 1e3:.2f} {spread(s['jax'])} | "
+              f"{median(s['jaxcnn']) * 1e3:.2f} {spread(s['jaxcnn'])} | "
+              f"{median(s['jaxcnn']) / median(s['jax']):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
