@@ -10,19 +10,15 @@ many input gradients.
 
 ``conv2d_auto`` therefore picks, per pass, among
 
-* forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``),
-  ``"toeplitz"`` (input rows @ a banded weight matrix, :mod:`jaxcnn.ops.toeplitz`);
-* weight gradient: ``"xla"`` and ``"toeplitz"`` (autodiff of those forwards),
-  ``"im2col"`` (``colsᵀ · dy``);
-* input gradient: ``"xla"``, ``"toeplitz"``, ``"im2col"`` (``col2im(dy · Wᵀ)``).
-
-``"toeplitz"`` is timed only where its banded matrix is small
-(:func:`jaxcnn.ops.toeplitz.toeplitz_fits`): narrow images such as LeNet-5's.
+* forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``);
+* weight gradient: ``"xla"`` (autodiff of the lax convolution), ``"im2col"``
+  (``colsᵀ · dy``);
+* input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``).
 
 The choice is a :class:`ConvPlan`, made once per shape signature by timing the
 candidates on random data of that signature (a second or so per shape, at trace
-time): each pass's fastest formulation, kept only if that mix also beats each
-formulation alone (all-xla, all-im2col, all-toeplitz) on a whole forward + backward. It is cached for the
+time): each pass's fastest formulation, kept only if that mix also beats the
+all-xla and all-im2col plans on a whole forward + backward. It is cached for the
 process; :func:`plans` and :func:`set_plans` read and preset the cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
 measured only on the CPU backend in a single process and for problems big
@@ -60,7 +56,6 @@ from jaxcnn.ops.im2col import (
     matmul_grad_weight,
     resolve_conv2d_nhwc,
 )
-from jaxcnn.ops.toeplitz import toeplitz_fits, toeplitz_forward
 
 # Below this many multiply-adds (N*OH*OW*O*KH*KW*C/G) a conv plan is not worth measuring;
 # below this many input values neither is a pool.
@@ -102,18 +97,12 @@ def _im2col_forward(x, w, window, groups):
     return matmul_forward(x, w, window, groups)[0]
 
 
-def _grad_weight_of(forward: Callable) -> Callable:
-    def grad_weight(x, w, dy, window, groups):
-        return jax.vjp(lambda w_: forward(x, w_, window, groups), w)[1](dy)[0]
-
-    return grad_weight
+def _xla_grad_weight(x, w, dy, window, groups):
+    return jax.vjp(lambda w_: _xla_forward(x, w_, window, groups), w)[1](dy)[0]
 
 
-def _grad_input_of(forward: Callable) -> Callable:
-    def grad_input(x, w, dy, window, groups):
-        return jax.vjp(lambda x_: forward(x_, w, window, groups), x)[1](dy)[0]
-
-    return grad_input
+def _xla_grad_input(x, w, dy, window, groups):
+    return jax.vjp(lambda x_: _xla_forward(x_, w, window, groups), x)[1](dy)[0]
 
 
 def _im2col_grad_weight(x, w, dy, window, groups):
@@ -125,11 +114,9 @@ def _im2col_grad_input(x, w, dy, window, groups):
     return matmul_grad_input(dy, w, window, groups)
 
 
-FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward, "toeplitz": toeplitz_forward}
-GRAD_WEIGHT: dict[str, Callable] = {"xla": _grad_weight_of(_xla_forward), "im2col": _im2col_grad_weight,
-                                    "toeplitz": _grad_weight_of(toeplitz_forward)}
-GRAD_INPUT: dict[str, Callable] = {"xla": _grad_input_of(_xla_forward), "im2col": _im2col_grad_input,
-                                   "toeplitz": _grad_input_of(toeplitz_forward)}
+FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward}
+GRAD_WEIGHT: dict[str, Callable] = {"xla": _xla_grad_weight, "im2col": _im2col_grad_weight}
+GRAD_INPUT: dict[str, Callable] = {"xla": _xla_grad_input, "im2col": _im2col_grad_input}
 
 
 # --- the differentiable op ------------------------------------------------------------------
@@ -286,19 +273,17 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
         dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
 
-        names = [name for name in FORWARD if name != "toeplitz" or toeplitz_fits(w_shape, window, groups)]
-
-        def bind(table):
+        def bind(table, names):
             return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
 
         mixed = ConvPlan(
-            forward=_fastest(bind(FORWARD), (x, w)),
-            grad_weight=_fastest(bind(GRAD_WEIGHT), (x, w, dy)),
-            grad_input=_fastest(bind(GRAD_INPUT), (x, w, dy)),
+            forward=_fastest(bind(FORWARD, FORWARD), (x, w)),
+            grad_weight=_fastest(bind(GRAD_WEIGHT, GRAD_WEIGHT), (x, w, dy)),
+            grad_input=_fastest(bind(GRAD_INPUT, GRAD_INPUT), (x, w, dy)),
         )
         # Passes timed alone need not add up: the winners' mix must also beat each whole
-        # formulation on the full forward + backward, where XLA fuses across the passes.
-        plans = {plan: None for plan in (mixed, *(ConvPlan(name, name, name) for name in names))}
+        # backend on the full forward + backward, where XLA fuses across the passes.
+        plans = {plan: None for plan in (mixed, XLA_PLAN, ConvPlan("im2col", "im2col", "im2col"))}
         return _fastest({plan: _training_pass(plan, window, groups) for plan in plans}, (x, w, dy))
 
 
