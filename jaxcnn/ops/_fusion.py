@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 
 def materialized(x):
-    """``x`` itself, as the output of a matmul by the identity (exact for finite ``x``).
+    """``x`` itself, on the CPU as the output of a matmul by the identity (exact for finite ``x``).
 
     XLA's CPU fusion re-runs a value's whole elementwise producer chain inside
     each consumer that reads it out of order (a transposing copy, an im2col
@@ -15,8 +16,10 @@ def materialized(x):
     is never fused into its consumers, so this one pass stores ``x`` once. The
     identity is at most 16 x 16 over the flattened array, so the pass costs at
     most 16 multiply-adds per value however wide ``x`` is (a 1 x 1 one would be
-    simplified into a fusible multiply).
+    simplified into a fusible multiply). On other backends ``x`` is returned as is.
     """
+    if jax.default_backend() != "cpu":
+        return x
     block = next((k for k in (16, 8, 4, 2) if x.size % k == 0), 1)
     rows = x.reshape(-1, block)
     eye = jnp.eye(block, dtype=x.dtype)

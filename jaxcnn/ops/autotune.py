@@ -132,8 +132,7 @@ def _conv_planned_fwd(x, w, window, groups, plan):
         # The weight gradient reads the forward's im2col matrix: build it once, keep it.
         y, cols_g = matmul_forward(x, w, window, groups)
         return y, (x, w, cols_g)
-    store = jax.default_backend() == "cpu" and x.shape[-1] >= MATERIALIZED_FROM_CHANNELS
-    residual = materialized(x) if store else x
+    residual = materialized(x) if x.shape[-1] >= MATERIALIZED_FROM_CHANNELS else x
     return _conv_planned(x, w, window, groups, plan), (residual, w, None)
 
 

@@ -153,11 +153,10 @@ def _window_max_jvp(spec: PoolSpec, primals, tangents):
         first = jnp.where(hit, index, first)
     tangent_taps = tap_slices(to_channels_last(x_dot, channels_last), window, 0.0)
     y_dot = sum(jnp.where(first == index, tap, 0) for index, tap in enumerate(tangent_taps))
-    if jax.default_backend() == "cpu":
-        # Transposed, this stores the incoming cotangent; left to XLA's CPU fusion its
-        # producer (an im2col input gradient, say) re-ran inside every tap's pad:
-        # LeNet-5's auto step ran at half speed.
-        y_dot = materialized(y_dot)
+    # Transposed, this stores the incoming cotangent; left to XLA's CPU fusion its
+    # producer (an im2col input gradient, say) re-ran inside every tap's pad:
+    # LeNet-5's auto step ran at half speed.
+    y_dot = materialized(y_dot)
     return y, from_channels_last(y_dot.astype(y.dtype), channels_last)
 
 
