@@ -2,36 +2,43 @@
 
     python benchmarks/gpu.py [--rounds 5] [--resnet50_batch 256] [--image_size 224]
 
-Needs only jax, flax, optax (no TensorFlow, no PyTorch), so it runs on an accelerator
-machine as is. Every model trains with jaxcnn's own ``train_step`` (SGD with Nesterov
-momentum, cross-entropy) on a synthetic batch resident on the devices, with the state
-donated, in each parallel mode over all local devices: ``jit`` (sharded batch,
-compiler-inserted all-reduce) and ``shard_map`` (the explicit per-device program).
+Needs jaxcnn's dependencies other than TensorFlow (jax, flax, optax, ml_collections; no
+PyTorch), so it runs on an accelerator machine without TensorFlow. Every model trains
+with jaxcnn's own ``train_step`` (SGD with Nesterov momentum, cross-entropy) on a
+synthetic batch resident on the devices, with the state donated, in each parallel mode
+over all local devices: ``jit`` (sharded batch, compiler-inserted all-reduce) and
+``shard_map`` (the explicit per-device program). ResNet-50 runs in bfloat16 (float32
+parameters) at 224x224; LeNet-5 (32x32x1) and ResNet-20 (32x32x3) in float32 at batch
+128 per device. The MLPerf reference point is about 7,000 images/s per H100 for
+ResNet-50 training.
 
 Printed per model and mode: images/s (median over rounds, ± half the interquartile
-range), the step's FLOPs per device from XLA's cost analysis of the compiled
-(partitioned) program, the achieved TFLOP/s per device, and model FLOPs utilisation
-= achieved / the peak measured on the same device for a large matmul in the model's
-compute dtype. ResNet-50 runs in
-bfloat16 (float32 parameters) at 224x224; LeNet-5 (32x32x1) and ResNet-20 (32x32x3)
-in float32 at batch 128 per device. The MLPerf reference point is about 7,000
-images/s per H100 for ResNet-50 training.
+range), compile time, the model FLOPs per image of a training step (3 x the forward
+convolution and dense FLOPs from :func:`jaxcnn.models.layer_table`; XLA's GPU cost
+analysis leaves out the cuDNN convolutions), the achieved TFLOP/s per device, and model
+FLOPs utilisation = achieved / the peak measured on the same device for a large matmul
+in the model's compute dtype. ``--profile TOP`` also traces 5 steps of each and prints
+where the device time goes: kernel time by kind and the TOP costliest kernels.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.profiler import ProfileData
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import machine, median, side_by_side, spread  # noqa: E402
+from timing import block, machine, median, side_by_side, spread  # noqa: E402
 
 from jaxcnn import models  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, parallel, train_step  # noqa: E402
@@ -45,8 +52,15 @@ def matmul_peak_tflops(dtype, size: int = 8192, rounds: int = 5) -> float:
     return 2 * size**3 / median(s["mm"]) / 1e12
 
 
+def train_flops_per_image(name: str, image_shape) -> float:
+    """Model FLOPs of one image's training step: forward conv/dense FLOPs times 3 (forward,
+    input gradient, weight gradient)."""
+    rows, _ = models.layer_table(models.create(name, num_classes=1000 if name == "resnet50" else 10), image_shape)
+    return 3.0 * sum(r.flops for r in rows)
+
+
 def step_candidate(name, per_device_batch, image_shape, dtype, mode):
-    """A zero-argument callable running one jaxcnn train step, and the step's FLOPs per call."""
+    """A zero-argument callable running one jaxcnn train step, the global batch, and compile seconds."""
     mesh = parallel.make_mesh()
     batch = per_device_batch * jax.device_count()
     model = models.create(name, num_classes=1000 if name == "resnet50" else 10, dtype=dtype)
@@ -65,16 +79,108 @@ def step_candidate(name, per_device_batch, image_shape, dtype, mode):
     start = time.perf_counter()
     compiled = train.lower(state, data).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
     box = {"state": state}
 
     def run():
         box["state"], metrics = compiled(box["state"], data)
         return metrics["objective"]
 
-    return run, batch, flops, compile_s
+    return run, batch, compile_s
+
+
+def kernel_kind(name: str) -> str:
+    """A coarse kind for a GPU kernel's name: cuDNN/CUTLASS convolution and matmul kernels,
+    XLA's reductions, its elementwise (loop) fusions, and copies/transposes."""
+    low = name.lower()
+    if any(k in low for k in ("xmma", "cudnn", "conv", "implicit", "wgrad", "dgrad", "fprop", "cutlass", "gemm",
+                              "nhwc", "sm90")):
+        return "conv/matmul"
+    if "reduce" in low or "reduction" in low:
+        return "reduction fusion"
+    if "transpose" in low or "copy" in low or "memcpy" in low or "memset" in low:
+        return "copy/transpose"
+    return "elementwise fusion"
+
+
+def profile(run, steps: int, top: int) -> str:
+    """Trace ``steps`` calls of ``run`` and summarise the device's kernels: time per step by
+    kind, the busy fraction of the traced wall time, and the ``top`` costliest kernel names."""
+    block(run())
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir):
+            start = time.perf_counter_ns()
+            for _ in range(steps):
+                out = run()
+            block(out)
+            wall_ns = time.perf_counter_ns() - start
+        data = ProfileData.from_file(str(next(Path(log_dir).rglob("*.xplane.pb"))))
+    by_name: dict[str, float] = collections.defaultdict(float)
+    counts: dict[str, int] = collections.Counter()
+    for plane in data.planes:
+        if not plane.name.startswith("/device:"):
+            continue
+        for line in plane.lines:
+            if "stream" not in line.name.lower():
+                continue
+            for event in line.events:
+                by_name[event.name] += event.duration_ns
+                counts[event.name] += 1
+    if not by_name:
+        return "  (no device kernels in the trace)"
+    total = sum(by_name.values())
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    for name, ns in by_name.items():
+        by_kind[kernel_kind(name)] += ns
+    lines = [f"  kernel time {total / steps / 1e6:.2f} ms/step = {total / wall_ns:.0%} of wall time, "
+             f"{sum(counts.values()) // steps} kernels/step"]
+    lines += [f"  {kind:<20} {ns / steps / 1e6:8.2f} ms/step {ns / total:6.1%}"
+              for kind, ns in sorted(by_kind.items(), key=lambda kv: -kv[1])]
+    for name, ns in sorted(by_name.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {ns / steps / 1e6:7.3f} ms x{counts[name] // steps:<3} {kernel_kind(name):<18} {name[:110]}")
+    return "\n".join(lines)
+
+
+class _CudaWork:
+    """What a PyTorch step returns to the timer: waiting on it waits for the device's queue."""
+
+    def block_until_ready(self):
+        import torch
+
+        torch.cuda.synchronize()
+        return self
+
+
+def torch_candidate(name, batch, image_shape, dtype):
+    """PyTorch eager on the same device, as a GPU user runs it: the same architecture
+    (benchmarks/vs_pytorch.py's definitions), channels-last, bfloat16 autocast where jaxcnn
+    computes in bfloat16, TF32 convolutions and matmuls where it computes in float32 (XLA's
+    default GPU precision), SGD with Nesterov momentum."""
+    import torch
+    from vs_pytorch import torch_models
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    model = torch_models()[name]()
+    classes = 10
+    if name == "resnet50":
+        classes = 1000
+        model.fc = torch.nn.Linear(2048, classes)
+    model = model.cuda().to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    x = torch.randn(batch, image_shape[2], *image_shape[:2], device="cuda").to(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), device="cuda")
+    loss_fn = torch.nn.CrossEntropyLoss()
+    use_bf16 = jnp.dtype(dtype) == jnp.bfloat16
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return _CudaWork()
+
+    return run
 
 
 def main():
@@ -84,29 +190,48 @@ def main():
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--models", default="resnet50,resnet20,lenet5")
     parser.add_argument("--modes", default="jit,shard_map")
+    parser.add_argument("--pytorch", action="store_true",
+                        help="also time PyTorch eager on the first device, in the same rounds")
+    parser.add_argument("--profile", type=int, default=0, metavar="TOP",
+                        help="also trace 5 steps of each jaxcnn mode and print the TOP costliest kernels")
     args = parser.parse_args()
+    if args.pytorch:  # leave PyTorch room on the device: JAX allocates what it needs, not 75% upfront
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     devices = jax.devices()
     print(f"`python benchmarks/gpu.py --rounds {args.rounds} --resnet50_batch {args.resnet50_batch} "
-          f"--image_size {args.image_size}` on {machine()}, {len(devices)} x {devices[0].device_kind}\n")
+          f"--image_size {args.image_size}{' --pytorch' if args.pytorch else ''}` on {machine()}, "
+          f"{len(devices)} x {devices[0].device_kind}\n")
     setups = {"resnet50": (args.resnet50_batch, (args.image_size, args.image_size, 3), jnp.bfloat16),
               "resnet20": (128, (32, 32, 3), jnp.float32), "lenet5": (128, (32, 32, 1), jnp.float32)}
     peaks = {}
     for dtype in {setups[m][2] for m in args.models.split(",")}:
         peaks[jnp.dtype(dtype).name] = matmul_peak_tflops(dtype)
         print(f"measured {jnp.dtype(dtype).name} matmul peak: {peaks[jnp.dtype(dtype).name]:.1f} TFLOP/s per device")
-    print("\n| model (global batch, dtype) | mode | images/s | per device | compile s | GFLOP/step/device "
-          "| TFLOP/s/device | MFU |")
-    print("|---|---|---|---|---|---|---|---|")
+    print()
+    table = ["| model (global batch, dtype) | mode | images/s | per device | compile s | GFLOP/image "
+             "| TFLOP/s/device | MFU |", "|---|---|---|---|---|---|---|---|"]
     for name in args.models.split(","):
         per_device, shape, dtype = setups[name]
+        flops = train_flops_per_image(name, shape)
+        candidates, batches, compile_s = {}, {}, {}
         for mode in args.modes.split(","):
-            run, batch, flops, compile_s = step_candidate(name, per_device, shape, dtype, mode)
-            s = side_by_side({mode: run}, rounds=args.rounds, min_time=1.0)[mode]
-            rate, tflops = batch / median(s), flops / median(s) / 1e12
-            peak = peaks[jnp.dtype(dtype).name]
-            print(f"| {name} ({batch}, {jnp.dtype(dtype).name}) | {mode} | {rate:,.0f} {spread(s)} | "
-                  f"{rate / len(devices):,.0f} | {compile_s:.1f} | {flops / 1e9:,.1f} | {tflops:.1f} | "
-                  f"{tflops / peak:.0%} |", flush=True)
+            candidates[mode], batches[mode], compile_s[mode] = step_candidate(name, per_device, shape, dtype, mode)
+            if args.profile:
+                print(f"{name} {mode}:\n{profile(candidates[mode], 5, args.profile)}", flush=True)
+        if args.pytorch:
+            candidates["PyTorch eager"] = torch_candidate(name, per_device, shape, dtype)
+            batches["PyTorch eager"], compile_s["PyTorch eager"] = per_device, None
+        samples = side_by_side(candidates, rounds=args.rounds, min_time=1.0)
+        for mode, s in samples.items():
+            rate = batches[mode] / median(s)
+            used = len(devices) if mode in args.modes.split(",") else 1
+            tflops = rate * flops / used / 1e12
+            seconds = "-" if compile_s[mode] is None else f"{compile_s[mode]:.1f}"
+            table.append(f"| {name} ({batches[mode]}, {jnp.dtype(dtype).name}) | {mode} | {rate:,.0f} {spread(s)} | "
+                         f"{rate / used:,.0f} | {seconds} | {flops / 1e9:.3g} | {tflops:.1f} | "
+                         f"{tflops / peaks[jnp.dtype(dtype).name]:.0%} |")
+            print(table[-1], flush=True)
+    print("\n" + "\n".join(table))
 
 
 if __name__ == "__main__":
