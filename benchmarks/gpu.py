@@ -198,8 +198,7 @@ def main():
     if args.pytorch:  # leave PyTorch room on the device: JAX allocates what it needs, not 75% upfront
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     devices = jax.devices()
-    print(f"`python benchmarks/gpu.py --rounds {args.rounds} --resnet50_batch {args.resnet50_batch} "
-          f"--image_size {args.image_size}{' --pytorch' if args.pytorch else ''}` on {machine()}, "
+    print(f"`python benchmarks/gpu.py {' '.join(sys.argv[1:])}` on {machine()}, "
           f"{len(devices)} x {devices[0].device_kind}\n")
     setups = {"resnet50": (args.resnet50_batch, (args.image_size, args.image_size, 3), jnp.bfloat16),
               "resnet20": (128, (32, 32, 3), jnp.float32), "lenet5": (128, (32, 32, 1), jnp.float32)}

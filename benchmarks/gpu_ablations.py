@@ -113,7 +113,7 @@ def main():
     unknown = set(args.studies.split(",")) - set(STUDIES)
     if unknown:
         parser.error(f"--studies: unknown {sorted(unknown)}; expected some of {list(STUDIES)}")
-    print(f"`python benchmarks/gpu_ablations.py --studies {args.studies} --rounds {args.rounds}` on {machine()}, "
+    print(f"`python benchmarks/gpu_ablations.py {' '.join(sys.argv[1:])}` on {machine()}, "
           f"{jax.device_count()} x {jax.devices()[0].device_kind}")
     for study in args.studies.split(","):
         STUDIES[study](args)
