@@ -59,11 +59,12 @@ def train_flops_per_image(name: str, image_shape) -> float:
     return 3.0 * sum(r.flops for r in rows)
 
 
-def step_candidate(name, per_device_batch, image_shape, dtype, mode):
+def step_candidate(name, per_device_batch, image_shape, dtype, mode, conv_backend="xla"):
     """A zero-argument callable running one jaxcnn train step, the global batch, and compile seconds."""
     mesh = parallel.make_mesh()
     batch = per_device_batch * jax.device_count()
-    model = models.create(name, num_classes=1000 if name == "resnet50" else 10, dtype=dtype)
+    model = models.create(name, num_classes=1000 if name == "resnet50" else 10, dtype=dtype,
+                          conv_backend=conv_backend)
     if mode == "shard_map" and hasattr(model, "bn_axis_name"):
         model = model.clone(bn_axis_name=parallel.AXIS)  # BatchNorm over the global batch
     schedule = optax.constant_schedule(0.1)

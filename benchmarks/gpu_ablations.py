@@ -1,6 +1,6 @@
 """Accelerator ablations: what one change is worth inside a whole training step, side by side.
 
-    python benchmarks/gpu_ablations.py [--studies pool,stem,steps_per_call] [--rounds 5]
+    python benchmarks/gpu_ablations.py [--studies pool,stem,auto,steps_per_call] [--rounds 5]
 
 Each study builds its candidates in one process with ``gpu.py``'s step (jaxcnn's
 ``train_step``, SGD with Nesterov momentum, synthetic data on the device, state donated)
@@ -11,6 +11,9 @@ and times them in alternating rounds:
   (XLA's ``select_and_scatter``), patched back in for the second candidate.
 - ``stem``: ResNet-50 fed 3-channel images against images zero-padded to 4 and 8
   channels (the stem convolution's channel alignment, a common cuDNN trick).
+- ``auto``: ResNet-50 (bfloat16) and ResNet-20 (float32) with ``conv_backend="xla"``
+  against ``"auto"``, which off the CPU takes the xla formulation for every layer without
+  measuring, but through its own custom-VJP boundary: this checks that costs nothing.
 - ``steps_per_call``: LeNet-5 and ResNet-20 (float32, batch 128) with one jitted step
   per call against ``--k`` steps per call under ``lax.scan`` (host dispatch amortised).
 """
@@ -70,6 +73,18 @@ def stem_study(args) -> None:
            side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 
 
+def auto_study(args) -> None:
+    for name, batch, shape, dtype in (
+            ("resnet50", args.resnet50_batch, (args.image_size, args.image_size, 3), jnp.bfloat16),
+            ("resnet20", 128, (32, 32, 3), jnp.float32)):
+        candidates, images = {}, {}
+        for backend in ("xla", "auto"):
+            label = f'conv_backend="{backend}"'
+            candidates[label], images[label], _ = step_candidate(name, batch, shape, dtype, "jit", backend)
+        report(f"{name} {jnp.dtype(dtype).name} step, batch {batch}: conv backend",
+               side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
+
+
 def scanned_steps(name: str, shape, batch: int, k: int):
     """Two zero-argument callables: one jitted train step per call, and ``k`` per call (``lax.scan``)."""
     model = models.create(name, num_classes=10)
@@ -99,7 +114,7 @@ def steps_per_call_study(args) -> None:
                side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 
 
-STUDIES = {"pool": pool_study, "stem": stem_study, "steps_per_call": steps_per_call_study}
+STUDIES = {"pool": pool_study, "stem": stem_study, "auto": auto_study, "steps_per_call": steps_per_call_study}
 
 
 def main():
