@@ -1,6 +1,6 @@
 """Accelerator training throughput: ResNet-50 bf16 (the MLPerf bar), LeNet-5 and ResNet-20, jit vs shard_map.
 
-    python benchmarks/gpu.py [--rounds 5] [--resnet50_batch 256] [--image_size 224]
+    python benchmarks/gpu.py [--rounds 5] [--resnet50_batch 256] [--image_size 224] [--pytorch] [--profile TOP]
 
 Needs jaxcnn's dependencies other than TensorFlow (jax, flax, optax, ml_collections; no
 PyTorch), so it runs on an accelerator machine without TensorFlow. Every model trains
