@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 from jaxcnn import ops
 from jaxcnn.ops import autotune
 from jaxcnn.ops._fusion import materialized
-from jaxcnn.ops.im2col import Window, make_window, patches, tap_slices
+from jaxcnn.ops.im2col import GATHER_BELOW_CHANNELS, SEPARABLE_BELOW_CHANNELS, Window, make_window, patches, tap_slices
 from tests.ops import reference as ref
 from tests.ops.helpers import assert_close, nchw_to, oihw_to, randn, to_nchw, to_oihw
 
@@ -67,9 +67,10 @@ def test_mixed_plans_pass_finite_differences(plan):
         check_grads(lambda a, b: autotune._conv_planned(a, b, window, 1, plan), (x, w), order=1, modes=["rev"])
 
 
-@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
-def test_patches_gather_and_slice_paths_agree(channels):
-    """Few channels take one gather, more a stack of slices: same receptive fields either way."""
+@pytest.mark.parametrize("channels", [1, GATHER_BELOW_CHANNELS - 1, GATHER_BELOW_CHANNELS,
+                                      SEPARABLE_BELOW_CHANNELS - 1, SEPARABLE_BELOW_CHANNELS])
+def test_patches_gather_separable_and_stacked_paths_agree(channels):
+    """Whichever way the taps are assembled for a channel count, the receptive fields are the same."""
     x = jnp.asarray(randn(np.random.default_rng(2), (2, 7, 8, channels)))
     window = make_window((7, 8), (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2), "test")
     stacked = jnp.stack(tap_slices(x, window, -5.0), axis=-2).reshape(2, *window.out_size, 3, 2, channels)
