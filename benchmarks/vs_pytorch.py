@@ -10,10 +10,12 @@ eagerly (zero_grad, forward, backward, step), jaxcnn runs its jitted
 ResNet-20 (batch 128, 32x32x3) and a bottleneck ResNet-50 (batch 16, 64x64x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s.
-Both run in one process after ``jaxcnn.runtime.tune_cpu_malloc()`` (what the
-training loop does on CPU). Also reported per jaxcnn backend: the time to the
-first step (tracing, autotuning for ``auto``, compiling) and the process's peak
-resident memory after all models ran.
+Both run in one process after ``jaxcnn.runtime.dispatch_cpu_inline()`` and
+``tune_cpu_malloc()`` (what ``launch.py`` and the training loop do on CPU;
+``--async_dispatch`` keeps JAX's default dispatch instead, for comparison).
+Also reported per jaxcnn backend: the time to the first step (tracing,
+autotuning for ``auto``, compiling) and the process's peak resident memory
+after all models ran.
 """
 
 from __future__ import annotations
@@ -200,12 +202,15 @@ def main():
     parser.add_argument("--backends", default="xla,im2col,auto")
     parser.add_argument("--models", default="lenet5,resnet20,resnet50")
     parser.add_argument("--skip_layers", action="store_true")
+    parser.add_argument("--async_dispatch", action="store_true", help="keep JAX's asynchronous CPU dispatch")
     args = parser.parse_args()
     import torch
 
+    if not args.async_dispatch:
+        runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     backends = args.backends.split(",")
-    print(f"`python benchmarks/vs_pytorch.py --rounds {args.rounds} --backends {args.backends}` on {machine()}, "
+    print(f"`python {' '.join(sys.argv)}` on {machine()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n")
     print("| model (batch) | PyTorch images/s | " + " | ".join(f"jaxcnn {b} images/s" for b in backends)
           + " | " + " | ".join(f"{b} / PyTorch" for b in backends) + " |")
