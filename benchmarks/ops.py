@@ -5,6 +5,8 @@
 Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
 NHWC float32. Prints a markdown table: medians over rounds (spread: half the
 interquartile range), and the im2col/lax ratio (> 1 means im2col is slower).
+Runs after ``jaxcnn.runtime.dispatch_cpu_inline()`` and ``tune_cpu_malloc()``, as
+``launch.py``'s training does.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
-from jaxcnn import ops  # noqa: E402
+from jaxcnn import ops, runtime  # noqa: E402
 
 # (name, input NHWC without batch, kernel HWIO, stride, padding)
 CONV_LAYERS = [
@@ -95,6 +97,8 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    runtime.dispatch_cpu_inline()
+    runtime.tune_cpu_malloc()
     print(f"`python benchmarks/ops.py --batch {args.batch} --rounds {args.rounds}` on {machine()}\n")
     print("| layer | pass | lax ms | im2col ms | im2col / lax |")
     print("|---|---|---|---|---|")

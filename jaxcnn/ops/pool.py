@@ -130,7 +130,7 @@ def _window_max(x, spec: PoolSpec):
     """``lax.reduce_window`` max whose derivative goes to each window's first maximum.
 
     JAX's own derivative of a windowed max is XLA's ``select_and_scatter``; the
-    gradient derived from the JVP below took 2.4-14x less time on the CPU (LeNet-5's
+    gradient derived from the JVP below took 1.5-8.4x less time on the CPU (LeNet-5's
     and VGG's 2x2 pools, overlapping 3x3/2 windows), and it also covers dilated
     windows, which JAX cannot differentiate.
     """
