@@ -4,8 +4,9 @@ Two implementations of every 2-D convolution and pooling op: the ``lax`` one
 (``conv2d``, ``max_pool2d``, ...) for speed, and the im2col one
 (``conv2d_im2col``, ``max_pool2d_im2col``, ...) to read and cross-check; the
 test suite and ``python -m jaxcnn.gradcheck`` prove them equal, with equal
-gradients. ``conv2d_auto`` / ``*_pool2d_auto`` (:mod:`jaxcnn.ops.autotune`) compute
-each pass by whichever proven-equal formulation is measured fastest for the shape.
+gradients. ``conv2d_auto`` / ``avg_pool2d_auto`` (:mod:`jaxcnn.ops.autotune`) compute
+each pass by whichever proven-equal formulation is measured fastest for the shape
+(``max_pool2d_auto`` is ``max_pool2d``, which trains faster in every step measured).
 """
 
 from jaxcnn.ops import autotune, filters

@@ -131,7 +131,7 @@ def test_set_plans_rejects_unknown_formulations():
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_auto_pools_measure_and_match_lax(kind):
+def test_auto_pools_match_lax_and_only_average_pools_measure(kind):
     autotune.clear_plans()
     x = randn(np.random.default_rng(5), (16, 32, 32, 8))  # large enough to be measured
     auto, plain = {"max": (ops.max_pool2d_auto, ops.max_pool2d), "avg": (ops.avg_pool2d_auto, ops.avg_pool2d)}[kind]
@@ -140,7 +140,8 @@ def test_auto_pools_measure_and_match_lax(kind):
     ga = jax.grad(lambda a: jnp.sum(auto(a, 3, 2, padding=1) ** 2))(relu_x)
     gp = jax.grad(lambda a: jnp.sum(plain(a, 3, 2, padding=1) ** 2))(relu_x)
     np.testing.assert_allclose(ga, gp, rtol=1e-5, atol=1e-6)
-    assert set(autotune.plans()["pool"].values()) <= {"xla", "im2col"} and len(autotune.plans()["pool"]) == 2
+    measured = autotune.plans()["pool"]
+    assert set(measured.values()) <= {"xla", "im2col"} and len(measured) == (2 if kind == "avg" else 0)
     autotune.clear_plans()
 
 
