@@ -16,7 +16,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by the in
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxcnn import runtime  # noqa: E402
 from jaxcnn.train import initialize_distributed, train_and_evaluate  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "experiments", "default.py")
@@ -32,7 +31,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every step of their work at INFO
-    runtime.dispatch_cpu_inline()  # before JAX's first computation: see its docstring
     if _COORDINATOR.value or _NUM_PROCESSES.value or _DISTRIBUTED.value:
         initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     experiment = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]

@@ -6,7 +6,7 @@ Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
 NHWC float32. Prints a markdown table: medians over rounds (spread: half the
 interquartile range), and the im2col/lax ratio (> 1 means im2col is slower).
 Runs after ``jaxcnn.runtime.dispatch_cpu_inline()`` and ``tune_cpu_malloc()``, as
-``launch.py``'s training does.
+training does.
 """
 
 from __future__ import annotations

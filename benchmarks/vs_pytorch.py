@@ -11,7 +11,7 @@ ResNet-20 (batch 128, 32x32x3) and a bottleneck ResNet-50 (batch 16, 64x64x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s.
 Both run in one process after ``jaxcnn.runtime.dispatch_cpu_inline()`` and
-``tune_cpu_malloc()`` (what ``launch.py`` and the training loop do on CPU;
+``tune_cpu_malloc()`` (what the training loop does on CPU;
 ``--async_dispatch`` keeps JAX's default dispatch instead, for comparison).
 Also reported per jaxcnn backend: the time to the first step (tracing,
 autotuning for ``auto``, compiling) and the process's peak resident memory

@@ -1,4 +1,4 @@
-"""Process settings that make XLA's CPU backend faster; used by ``launch.py``, the training loop and benchmarks."""
+"""Process settings that make XLA's CPU backend faster; used by the training loop and benchmarks."""
 
 from __future__ import annotations
 
@@ -49,6 +49,6 @@ def dispatch_cpu_inline() -> None:
     at 4,740-4,860 images/s inline against 4,970-5,150 asynchronously. Multi-device
     computations keep JAX's asynchronous dispatch (the flag does not apply to
     them), and it has no effect once JAX's CPU backend exists, which is why
-    ``launch.py`` calls it first thing.
+    ``train_and_evaluate`` calls it first thing.
     """
     jax.config.update("jax_cpu_enable_async_dispatch", False)

@@ -130,11 +130,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     Writes ``results.json`` (``test_accuracy``, ``test_loss``, ``step``, ``wall_time_s``,
     ``train_images_per_sec``, ...), ``metrics.jsonl``, TensorBoard events, ``curves.png``
     and orbax checkpoints under ``workdir/checkpoints``.
+
+    Called before JAX's CPU backend exists (as ``launch.py`` does), it makes the
+    process's single-device CPU computations run inline
+    (:func:`jaxcnn.runtime.dispatch_cpu_inline`).
     """
     if config.get("task", "train") != "train":
         from jaxcnn import tasks
 
         return tasks.run(config, workdir)
+    runtime.dispatch_cpu_inline()  # only takes effect if JAX's backend does not exist yet
     start = time.time()
     config = config_lib.validate(config)
     workdir = prepare_workdir(workdir)
