@@ -76,14 +76,20 @@ def make_window(spatial, kernel_size, stride, padding, dilation, fn: str) -> Win
     return Window(kernel_size, stride, dilation, pads, tuple(int(n) for n in spatial))
 
 
+def _padded(x, window: Window, pad_value: float):
+    """Channels-last ``x`` padded by ``window.padding`` with ``pad_value`` (as is if unpadded)."""
+    if not any(map(any, window.padding)):
+        return x
+    return jnp.pad(x, [(0, 0), *window.padding, (0, 0)], constant_values=pad_value)
+
+
 def tap_slices(x, window: Window, pad_value: float = 0.0) -> list:
     """One strided slice of the padded channels-last ``x`` per kernel tap, each ``(N, *O, C)``.
 
     Tap ``(i, j)``'s slice holds, for every output pixel, the input value that
     kernel entry ``(i, j)`` multiplies; taps are in row-major kernel order.
     """
-    widths = [(0, 0), *window.padding, (0, 0)]
-    xp = jnp.pad(x, widths, constant_values=pad_value) if any(map(any, window.padding)) else x
+    xp = _padded(x, window, pad_value)
     n, c = x.shape[0], x.shape[-1]
     out, stride = window.out_size, window.stride
     taps = []
@@ -111,14 +117,13 @@ def patches(x, window: Window, pad_value: float = 0.0):
     - otherwise all ``prod(K)`` slices stacked at once.
     """
     n, c = x.shape[0], x.shape[-1]
-    widths = [(0, 0), *window.padding, (0, 0)]
-    xp = jnp.pad(x, widths, constant_values=pad_value) if any(map(any, window.padding)) else x
-    if c < GATHER_BELOW_CHANNELS:
-        rows = xp.reshape(n, -1, c)[:, _gather_index(window)]
-        return rows.reshape(n, *window.out_size, *window.kernel_size, c)
     if c >= SEPARABLE_BELOW_CHANNELS:
         stacked = jnp.stack(tap_slices(x, window, pad_value), axis=-2)
         return stacked.reshape(n, *window.out_size, *window.kernel_size, c)
+    xp = _padded(x, window, pad_value)
+    if c < GATHER_BELOW_CHANNELS:
+        rows = xp.reshape(n, -1, c)[:, _gather_index(window)]
+        return rows.reshape(n, *window.out_size, *window.kernel_size, c)
     ndim = len(window.kernel_size)
     for d in reversed(range(ndim)):  # xp: (N, S_1..S_d, O_d+1..O_n, K_d+1..K_n, C)
         o, s, dil = window.out_size[d], window.stride[d], window.dilation[d]
