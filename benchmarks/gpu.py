@@ -52,10 +52,15 @@ def matmul_peak_tflops(dtype, size: int = 8192, rounds: int = 5) -> float:
     return 2 * size**3 / median(s["mm"]) / 1e12
 
 
+def num_classes(name: str) -> int:
+    """ImageNet's 1000 classes for ResNet-50, CIFAR/MNIST's 10 for the small models."""
+    return 1000 if name == "resnet50" else 10
+
+
 def train_flops_per_image(name: str, image_shape) -> float:
     """Model FLOPs of one image's training step: forward conv/dense FLOPs times 3 (forward,
     input gradient, weight gradient)."""
-    rows, _ = models.layer_table(models.create(name, num_classes=1000 if name == "resnet50" else 10), image_shape)
+    rows, _ = models.layer_table(models.create(name, num_classes=num_classes(name)), image_shape)
     return 3.0 * sum(r.flops for r in rows)
 
 
@@ -63,7 +68,7 @@ def step_candidate(name, per_device_batch, image_shape, dtype, mode, conv_backen
     """A zero-argument callable running one jaxcnn train step, the global batch, and compile seconds."""
     mesh = parallel.make_mesh()
     batch = per_device_batch * jax.device_count()
-    model = models.create(name, num_classes=1000 if name == "resnet50" else 10, dtype=dtype,
+    model = models.create(name, num_classes=num_classes(name), dtype=dtype,
                           conv_backend=conv_backend)
     if mode == "shard_map" and hasattr(model, "bn_axis_name"):
         model = model.clone(bn_axis_name=parallel.AXIS)  # BatchNorm over the global batch
@@ -162,9 +167,8 @@ def torch_candidate(name, batch, image_shape, dtype):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     model = torch_models()[name]()
-    classes = 10
-    if name == "resnet50":
-        classes = 1000
+    classes = num_classes(name)
+    if classes != 10:  # vs_pytorch's models end in 10 classes
         model.fc = torch.nn.Linear(2048, classes)
     model = model.cuda().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
