@@ -23,13 +23,12 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
 import optax  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
-from jaxcnn import models  # noqa: E402
+from jaxcnn import models, runtime  # noqa: E402
 from jaxcnn.data import DataConfig, Pipeline  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
 
@@ -61,8 +60,8 @@ def step_with_and_without_pipeline(data_dir, rounds):
     p = Pipeline(DataConfig(name="digits", batch_size=64, data_dir=data_dir, image_size=32, crop_padding=2), seed=0)
     model = models.create("lenet5", num_classes=10)
     tx = optax.adam(1e-3)
-    step = jax.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(1e-3),
-                                     cfg=StepConfig()), donate_argnums=0)
+    step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
+                                         schedule=optax.constant_schedule(1e-3), cfg=StepConfig()), donate_argnums=0)
     box = {"state": create_train_state(model, tx, (32, 32, 1), seed=0, ema=False)}
     batches = p.train_batches()
     fixed = p.batch_at(0)

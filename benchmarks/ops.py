@@ -56,8 +56,8 @@ def conv_candidates(shape, kernel, stride, padding, batch):
     out = {}
     for backend, conv in (("lax", ops.conv2d), ("im2col", ops.conv2d_im2col)):
         f = functools.partial(conv, stride=stride, padding=padding)
-        fwd = jax.jit(f)
-        fwd_bwd = jax.jit(jax.grad(lambda x_, w_, f=f: jnp.sum(f(x_, w_) ** 2), (0, 1)))
+        fwd = runtime.jit(f)
+        fwd_bwd = runtime.jit(jax.grad(lambda x_, w_, f=f: jnp.sum(f(x_, w_) ** 2), (0, 1)))
         out[f"fwd {backend}"] = lambda fwd=fwd: fwd(x, w)
         out[f"fwd+bwd {backend}"] = lambda g=fwd_bwd: g(x, w)
     return out
@@ -70,7 +70,7 @@ def pool_candidates(shape, kernel, stride, padding, batch):
     for kind, pools in pools_by_kind.items():
         for backend, pool in zip(("lax", "im2col"), pools):
             f = functools.partial(pool, kernel_size=kernel, stride=stride, padding=padding)
-            fwd, fwd_bwd = jax.jit(f), jax.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
+            fwd, fwd_bwd = runtime.jit(f), runtime.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
             out[f"{kind} fwd {backend}"] = lambda fwd=fwd: fwd(x)
             out[f"{kind} fwd+bwd {backend}"] = lambda g=fwd_bwd: g(x)
     return out
@@ -87,7 +87,7 @@ def max_pool_gradient_candidates(shape, kernel, stride, padding, batch):
     jaxcnn = functools.partial(ops.max_pool2d, kernel_size=kernel, stride=stride, padding=padding)
     out = {}
     for name, f in (("jax", jax_derived), ("jaxcnn", jaxcnn)):
-        g = jax.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
+        g = runtime.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
         out[name] = lambda g=g: g(x)
     return out
 

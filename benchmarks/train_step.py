@@ -3,8 +3,8 @@
     python benchmarks/train_step.py [--batch 128] [--rounds 7]
 
 Both train the same Flax module with the same optimizer (SGD, momentum 0.9) on the same
-synthetic batch held on the device, jitted with the state donated; jaxcnn's step adds
-its bookkeeping (metric sums, the non-finite guard, loss scale, schedule lookup).
+synthetic batch held on the device, compiled alike (``jaxcnn.runtime.jit``, state donated);
+jaxcnn's step adds its bookkeeping (metric sums, the non-finite guard, loss scale, schedule lookup).
 Prints steady-state images/s (medians over rounds) and jaxcnn / hand-written.
 """
 
@@ -21,7 +21,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
-from jaxcnn import models  # noqa: E402
+from jaxcnn import models, runtime  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
 
 MODELS = {"lenet5": (32, 32, 1), "resnet20": (32, 32, 3)}
@@ -40,7 +40,7 @@ def hand_written(model, tx):
         deltas, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, deltas), updates.get("batch_stats", {}), opt_state, loss
 
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+    return runtime.jit(step, donate_argnums=(0, 1, 2))
 
 
 def candidates(name, batch):
@@ -51,9 +51,9 @@ def candidates(name, batch):
     y = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
     batch_dict = {"image": x, "label": y}
 
-    ours_step = jax.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
-                                          schedule=optax.constant_schedule(0.01), cfg=StepConfig()),
-                        donate_argnums=0)
+    ours_step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
+                                              schedule=optax.constant_schedule(0.01), cfg=StepConfig()),
+                            donate_argnums=0)
     ours = {"state": create_train_state(model, tx, shape, seed=0, ema=False)}
 
     def run_ours():

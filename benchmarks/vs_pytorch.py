@@ -5,9 +5,10 @@
 
 Training step: the same architecture, batch and optimizer (SGD, momentum 0.9,
 cross-entropy) in both frameworks, synthetic data resident in memory; PyTorch runs
-eagerly (zero_grad, forward, backward, step), jaxcnn runs its jitted
-``train_step`` with the state donated. Models: LeNet-5 (batch 128, 32x32x1),
-ResNet-20 (batch 128, 32x32x3) and a bottleneck ResNet-50 (batch 16, 64x64x3).
+eagerly (zero_grad, forward, backward, step), jaxcnn runs its ``train_step``
+compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated.
+Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3) and a
+bottleneck ResNet-50 (batch 16, 64x64x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s.
 Both run in one process after ``jaxcnn.runtime.dispatch_cpu_inline()`` and
@@ -144,8 +145,8 @@ def torch_step(name, batch, shape):
 def jax_step(name, batch, shape, backend):
     model = models.create(name, num_classes=10, conv_backend=backend)
     tx = optax.sgd(0.01, momentum=0.9)
-    step = jax.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.01),
-                                     cfg=StepConfig()), donate_argnums=0)
+    step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
+                                         schedule=optax.constant_schedule(0.01), cfg=StepConfig()), donate_argnums=0)
     box = {"state": create_train_state(model, tx, shape, seed=0, ema=False)}
     data = {"image": jax.random.normal(jax.random.key(0), (batch, *shape)),
             "label": jax.random.randint(jax.random.key(1), (batch,), 0, 10)}
@@ -189,8 +190,8 @@ def layer_candidates(shape, kernel, stride, padding, batch, backends):
     conv_ops = {"xla": ops.conv2d, "im2col": ops.conv2d_im2col, "auto": ops.conv2d_auto}
     for backend in backends:
         conv = functools.partial(conv_ops[backend], stride=stride, padding=padding)
-        fwd = jax.jit(conv)
-        grad = jax.jit(jax.grad(lambda a, b, conv=conv: jnp.sum(conv(a, b) ** 2), (0, 1)))
+        fwd = runtime.jit(conv)
+        grad = runtime.jit(jax.grad(lambda a, b, conv=conv: jnp.sum(conv(a, b) ** 2), (0, 1)))
         out[f"{backend} fwd"] = lambda fwd=fwd: fwd(x, w)
         out[f"{backend} fwd+bwd"] = lambda grad=grad: grad(x, w)
     return out

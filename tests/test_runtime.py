@@ -1,10 +1,14 @@
-"""jaxcnn.runtime: the process settings for XLA's CPU backend do what they claim (no timings)."""
+"""jaxcnn.runtime: the settings for XLA's CPU backend do what they claim (no timings)."""
 
+import re
 import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import pytest
+from jax import lax
 
 from jaxcnn import runtime
 
@@ -45,3 +49,33 @@ def test_inline_dispatch_reuses_large_temporaries():
     inline = _faults_per_call("inline")
     assert inline < 1000, inline
     assert _faults_per_call("async") > 10 * max(inline, 100)
+
+
+def _conv_and_dot(x, w, a):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), a @ a
+
+
+def _compiled_text(jit):
+    x, w, a = jnp.ones((8, 8, 8, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((256, 256))
+    return jit(_conv_and_dot).lower(x, w, a).compile().as_text()
+
+
+@pytest.mark.skipif(not runtime.cpu_compiler_options(), reason="this XLA lacks the CPU options")
+def test_jit_leaves_convolutions_to_xla_and_dots_to_ynnpack():
+    """``runtime.jit`` hands XLA's own convolution the convs that ``jax.jit`` gives YNNPACK, and keeps
+    YNNPACK for matmuls."""
+    def ynn_fusions(text):  # the output shapes of the YNNPACK fusions
+        return sorted(re.findall(r"%ynn_fusion[.\d]* = f32\[([\d,]+)\]", text))
+
+    assert ynn_fusions(_compiled_text(jax.jit)) == ["256,256", "8,8,8,64"]  # the dot and the conv
+    assert ynn_fusions(_compiled_text(runtime.jit)) == ["256,256"]
+
+
+def test_cpu_compiler_options_unknown_to_xla_are_dropped(monkeypatch):
+    monkeypatch.setattr(runtime, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+    runtime.cpu_compiler_options.cache_clear()
+    try:
+        assert runtime.cpu_compiler_options() == {}
+        assert float(runtime.jit(lambda v: v * 2)(jnp.float32(3))) == 6.0
+    finally:
+        runtime.cpu_compiler_options.cache_clear()

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxcnn import runtime
 from jaxcnn.ops import pool as _pool
 from jaxcnn.ops._fusion import materialized
 from jaxcnn.ops.conv import add_bias
@@ -247,7 +248,7 @@ def conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
 
 def _fastest(candidates: dict, args, rounds: int = 7, min_time: float = 0.01):
     """Key of the candidate with the smallest time per call, the best of ``rounds`` rounds."""
-    compiled = {name: jax.jit(fn).lower(*args).compile() for name, fn in candidates.items()}
+    compiled = {name: runtime.jit(fn).lower(*args).compile() for name, fn in candidates.items()}
     samples: dict[str, list[float]] = {name: [] for name in compiled}
     for name, fn in compiled.items():  # warm up
         jax.block_until_ready(fn(*args))

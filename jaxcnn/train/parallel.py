@@ -1,6 +1,6 @@
 """Data parallelism: one device, jit over a mesh, or an explicit per-device program with shard_map.
 
-* ``none``: one device, plain ``jax.jit``.
+* ``none``: one device, plain ``jit``.
 * ``jit``: a 1-D ``Mesh`` over every device (of every process) on the ``data`` axis; the
   batch is sharded on it, the state replicated, and XLA inserts the gradient all-reduce.
   BatchNorm statistics are means over the (global) batch axis, so they cover the whole batch.
@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from jaxcnn import runtime
 
 AXIS = "data"
 
@@ -58,21 +60,22 @@ def one_step_in_flight(mesh: Mesh | None) -> bool:
 def compile_steps(mode: str, mesh: Mesh | None, train_step, eval_step):
     """Jit ``train_step(state, batch)`` (state donated) and ``eval_step(state, batch)`` for ``mode``.
 
-    For ``shard_map`` the steps must have been bound with ``axis_name=AXIS``.
+    For ``shard_map`` the steps must have been bound with ``axis_name=AXIS``. Compiled
+    with :func:`jaxcnn.runtime.jit` (XLA's own convolutions on CPU).
     """
     if mode == "none":
-        return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+        return runtime.jit(train_step, donate_argnums=0), runtime.jit(eval_step)
     rep, data = replicated(mesh), batch_sharding(mesh)
     if mode == "jit":
-        train = jax.jit(train_step, donate_argnums=0, in_shardings=(rep, data), out_shardings=(rep, rep))
-        return train, jax.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
+        train = runtime.jit(train_step, donate_argnums=0, in_shardings=(rep, data), out_shardings=(rep, rep))
+        return train, runtime.jit(eval_step, in_shardings=(rep, data), out_shardings=rep)
     # check_vma=False: the classic pmap semantics. Each device differentiates its own replica of the
     # parameters and the step averages the gradients itself with lax.pmean (with vma checking on, JAX
     # would instead sum them implicitly when transposing the parameters' broadcast).
     per_device = functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(),
                                    check_vma=False)
-    train = jax.jit(per_device(train_step, out_specs=(P(), P())), donate_argnums=0)
-    return train, jax.jit(per_device(eval_step))
+    train = runtime.jit(per_device(train_step, out_specs=(P(), P())), donate_argnums=0)
+    return train, runtime.jit(per_device(eval_step))
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
