@@ -10,7 +10,9 @@ compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated
 Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3) and a
 bottleneck ResNet-50 (batch 16, 64x64x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
-Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s.
+Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
+median of the ratios within each round (so drift in the machine's load cancels),
+with half its interquartile range.
 Both run in one process after ``jaxcnn.runtime.dispatch_cpu_inline()`` and
 ``tune_cpu_malloc()`` (what the training loop does on CPU;
 ``--async_dispatch`` keeps JAX's default dispatch instead, for comparison).
@@ -142,6 +144,12 @@ def torch_step(name, batch, shape):
     return run
 
 
+def per_round_ratio(torch_seconds, jax_seconds) -> str:
+    """jaxcnn / PyTorch images/s: the median over rounds of the ratio within each round, and its spread."""
+    ratios = [t / j for t, j in zip(torch_seconds, jax_seconds)]
+    return f"{median(ratios):.2f} {spread(ratios)}"
+
+
 def jax_step(name, batch, shape, backend):
     model = models.create(name, num_classes=10, conv_backend=backend)
     tx = optax.sgd(0.01, momentum=0.9)
@@ -226,7 +234,7 @@ def main():
         rate = {k: batch / median(v) for k, v in s.items()}
         print(f"| {name} ({batch}) | {rate['torch']:,.0f} {spread(s['torch'])} | "
               + " | ".join(f"{rate[b]:,.0f} {spread(s[b])}" for b in backends) + " | "
-              + " | ".join(f"{rate[b] / rate['torch']:.2f}" for b in backends) + " |", flush=True)
+              + " | ".join(per_round_ratio(s['torch'], s[b]) for b in backends) + " |", flush=True)
     print("\n| model | " + " | ".join(f"{b}: first step s" for b in backends) + " |")
     print("|---" * (1 + len(backends)) + "|")
     for name in args.models.split(","):

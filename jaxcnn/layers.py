@@ -91,6 +91,46 @@ class Conv(nn.Module):
                                    dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode)
 
 
+class BatchNorm(nn.Module):
+    """Batch normalization over every axis but the last, a drop-in for ``flax.linen.BatchNorm``.
+
+    Same variables (``params``: ``scale``, ``bias``; ``batch_stats``: ``mean``,
+    ``var``), statistics (float32 or wider, ``E[x²] - E[x]²``), running-average
+    update (``momentum * old + (1 - momentum) * batch``, skipped at init) and
+    ``axis_name`` synchronisation, so checkpoints and results carry over; computed
+    by :mod:`jaxcnn.ops.norm`, whose channel sums and broadcasts run on a wide
+    view of the array on the CPU (2.2-3x faster forward + backward there).
+    ``dtype`` is the output dtype (``None``: from the input and parameters).
+    """
+
+    use_running_average: bool | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None):
+        use_running_average = nn.merge_param("use_running_average", self.use_running_average,
+                                             use_running_average)
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones_init(), features, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), features, self.param_dtype)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            stats_x = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+            mean, var = ops.batch_moments(stats_x, None if self.is_initializing() else self.axis_name)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        y = ops.normalize(x, mean, var, scale, bias, self.epsilon)
+        return jnp.asarray(y, nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+
+
 class MaxPool(nn.Module):
     """:func:`jaxcnn.ops.max_pool2d` (PyTorch semantics) as a layer; NHWC."""
 

@@ -1,5 +1,6 @@
-"""jaxcnn.layers: the Conv layer is the op with its parameters; the shared pieces match their references."""
+"""jaxcnn.layers: the Conv layer is the op with its parameters; the shared pieces (BatchNorm, pools) match their references."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,3 +91,27 @@ def test_layers_match_torch_where_installed():
     assert_close(layers.AdaptiveAvgPool(3).apply({}, x[:, :4, :4]), np.moveaxis(
         torch.nn.functional.adaptive_avg_pool2d(xt[:, :, :4, :4], (3, 3)).numpy(), 1, -1))
     assert ada.shape == (2, 9, 3, 3)
+
+
+@pytest.mark.parametrize("shape, dtype", [((8, 6, 6, 16), None), ((6, 10), None), ((8, 4, 4, 3), jnp.bfloat16)])
+def test_batch_norm_is_flax_batch_norm(shape, dtype):
+    """Same variables, outputs, running statistics and gradients as flax.linen.BatchNorm, train and eval."""
+    x = jax.random.normal(jax.random.key(0), shape) * 3 + 2
+    for train in (True, False):
+        kw = dict(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+        ours, theirs = layers.BatchNorm(**kw), nn.BatchNorm(**kw)
+        variables = theirs.init(jax.random.key(1), x)
+        assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+        variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.key(2), v.shape), variables)
+
+        def loss(v, module):
+            y, updates = module.apply(v, x, mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, updates)
+
+        (_, (y, upd)), g = jax.value_and_grad(loss, has_aux=True)(variables, ours)
+        (_, (y_ref, upd_ref)), g_ref = jax.value_and_grad(loss, has_aux=True)(variables, theirs)
+        assert y.dtype == y_ref.dtype
+        tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+        close = lambda a, b, tol=tol: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                                                                 rtol=tol, atol=tol)
+        jax.tree.map(close, (y, upd, g["params"]), (y_ref, upd_ref, g_ref["params"]))

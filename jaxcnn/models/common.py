@@ -7,7 +7,7 @@ from functools import partial
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import check_image_batch
+from jaxcnn.layers import BatchNorm, check_image_batch
 
 # He et al.'s initialisation, as torchvision applies it to convolutions (fan_out, normal).
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -27,12 +27,12 @@ def check_inputs(model: nn.Module, x, default_name: str) -> None:
 
 
 def batch_norm(train: bool, dtype, axis_name: str | None = None, epsilon: float = 1e-5):
-    """BatchNorm as torchvision configures it (PyTorch momentum 0.1 is Flax momentum 0.9).
+    """:class:`jaxcnn.layers.BatchNorm` as torchvision configures it (PyTorch momentum 0.1 is Flax momentum 0.9).
 
     In train mode it normalises with batch statistics and updates ``batch_stats``;
     ``axis_name`` makes the statistics cover the batch across devices.
     """
-    return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype,
+    return partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype,
                    axis_name=axis_name)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import AvgPool, Conv, GlobalAvgPool, MaxPool
+from jaxcnn.layers import AvgPool, BatchNorm, Conv, GlobalAvgPool, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_in, logits
 
 
@@ -28,7 +28,7 @@ class DenseLayer(nn.Module):
     bn_size: int = 4
     drop_rate: float = 0.0
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -42,7 +42,7 @@ class DenseLayer(nn.Module):
 class Transition(nn.Module):
     features: int
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
     backend: str = "xla"
 
     @nn.compact

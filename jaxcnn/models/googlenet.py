@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, GlobalAvgPool, MaxPool
+from jaxcnn.layers import AdaptiveAvgPool, BatchNorm, Conv, Flatten, GlobalAvgPool, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, logits
 
 # name, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection; "M" is a 3x3/2 max pool (2x2/2 before 5a)
@@ -36,7 +36,7 @@ class BasicConv(nn.Module):
     stride: int = 1
     padding: int = 0
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
 
     @nn.compact
     def __call__(self, x):

@@ -23,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn.layers import Conv, GlobalAvgPool, MaxPool
+from jaxcnn.layers import BatchNorm, Conv, GlobalAvgPool, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_in, kaiming_fan_out, logits
 
 
@@ -34,7 +34,7 @@ class BasicBlock(nn.Module):
     stride: int = 1
     shortcut: str = "projection"  # "projection" (1x1 conv + BN) or "zero_pad" (option A)
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
     act: Any = nn.relu
 
     @nn.compact
@@ -51,7 +51,7 @@ class Bottleneck(nn.Module):
     stride: int = 1
     shortcut: str = "projection"
     conv: Any = Conv
-    norm: Any = nn.BatchNorm
+    norm: Any = BatchNorm
     act: Any = nn.relu
 
     @nn.compact

@@ -16,11 +16,14 @@ def materialized(x):
     is never fused into its consumers, so this one pass stores ``x`` once. The
     identity is at most 16 x 16 over the flattened array, so the pass costs at
     most 16 multiply-adds per value however wide ``x`` is (a 1 x 1 one would be
-    simplified into a fusible multiply). On other backends ``x`` is returned as is.
+    simplified into a fusible multiply). The rows never join two examples (entries
+    of the leading axis), so a batch sharded across devices stays sharded as it
+    was, with no collective. On other backends ``x`` is returned as is.
     """
     if jax.default_backend() != "cpu":
         return x
-    block = next((k for k in (16, 8, 4, 2) if x.size % k == 0), 1)
+    per_example = x.size // x.shape[0] if x.ndim and x.shape[0] else x.size
+    block = next((k for k in (16, 8, 4, 2) if per_example % k == 0), 1)
     rows = x.reshape(-1, block)
     eye = jnp.eye(block, dtype=x.dtype)
     return lax.dot_general(rows, eye, (((1,), (0,)), ((), ())), preferred_element_type=x.dtype).reshape(x.shape)

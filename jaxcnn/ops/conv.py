@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn.ops import _checks
+from jaxcnn.ops.norm import add_channel_bias
 from jaxcnn.ops.padding import Pairs, check_padding_mode, normalize_padding, pad_spatial
 
 _WEIGHT_LAYOUT = {
@@ -136,6 +137,8 @@ def apply_padding_mode(x, spec: ConvSpec):
 def add_bias(y, b, spec: ConvSpec):
     if b is None:
         return y
+    if spec.channels_last:
+        return add_channel_bias(y, b)
     shape = [1] * y.ndim
     shape[spec.channel_axis] = b.shape[0]
     return y + b.reshape(shape)

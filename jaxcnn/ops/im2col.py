@@ -32,6 +32,7 @@ from jax import lax
 
 from jaxcnn.ops import _checks
 from jaxcnn.ops.conv import apply_padding_mode, conv_output_size, resolve_conv
+from jaxcnn.ops.norm import channel_sum
 from jaxcnn.ops.padding import Pairs, normalize_padding
 
 
@@ -324,7 +325,7 @@ def _conv_nhwc_fwd(x, w, b, window, groups):
 def _conv_nhwc_bwd(window, groups, residuals, dy):
     cols_g, w, b = residuals
     dw = matmul_grad_weight(cols_g, dy, w.shape, groups)  # cols^T . dy
-    db = None if b is None else jnp.sum(dy, axis=(0, 1, 2)).astype(b.dtype)  # sum of dy
+    db = None if b is None else channel_sum(dy).astype(b.dtype)  # sum of dy
     dx = matmul_grad_input(dy, w, window, groups)  # col2im(dy . W^T)
     return dx.astype(cols_g.dtype), dw.astype(w.dtype), db
 

@@ -10,6 +10,7 @@ import pytest
 
 from jaxcnn import models
 from jaxcnn.data import offline
+from jaxcnn.models.resnet import CifarResNet
 from jaxcnn.train import StepConfig, create_train_state, eval_step, parallel, train_step
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 devices")
@@ -55,17 +56,22 @@ def test_mode_names():
     assert parallel.resolve_mode("auto") == ("jit" if jax.device_count() > 1 else "none")
 
 
-def test_the_sharded_step_has_one_collective_the_gradient_all_reduce():
-    """Two independent collectives may run in different orders on XLA's CPU devices and deadlock."""
-    model = models.create("lenet5", num_classes=10)
+@pytest.mark.parametrize("model, shape", [(models.create("lenet5", num_classes=10), (32, 32, 1)),
+                                          (CifarResNet(depth=8, num_classes=10), (12, 12, 3))])
+def test_the_sharded_step_has_one_collective_the_gradient_all_reduce(model, shape):
+    """Two independent collectives may run in different orders on XLA's CPU devices and deadlock.
+
+    ResNet-8's BatchNorm (statistics and gradients summed on a wide view of the batch) must not add any,
+    down to its last stage's 3x3 examples, whose 9 rows the wide view must not join across examples.
+    """
     tx = optax.sgd(0.1)
     train, _ = parallel.compile_steps(
         "jit", parallel.make_mesh(),
         functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=optax.constant_schedule(0.1),
                           cfg=StepConfig()),
         functools.partial(eval_step, apply_fn=model.apply, cfg=StepConfig()))
-    state = create_train_state(model, tx, (32, 32, 1), seed=0, ema=False)
-    batch = {"image": jnp.zeros((8, 32, 32, 1)), "label": jnp.zeros((8,), jnp.int32)}
+    state = create_train_state(model, tx, shape, seed=0, ema=False)
+    batch = {"image": jnp.zeros((4, *shape)), "label": jnp.zeros((4,), jnp.int32)}  # one example per device
     hlo = train.lower(state, batch).compile().as_text()
     assert "all-reduce(" in hlo
     for other in ("all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter("):
