@@ -17,7 +17,8 @@ many input gradients.
 
 The choice is a :class:`ConvPlan`, made once per shape signature by timing the
 candidates on random data of that signature (a second or so per shape, at trace
-time): each pass's fastest formulation, kept only if that mix also beats the
+time, compiled by :func:`jaxcnn.runtime.jit` as the training steps are): each
+pass's fastest formulation, kept only if that mix also beats the
 all-xla and all-im2col plans on a whole forward + backward. It is cached for the
 process; :func:`plans` and :func:`set_plans` read and preset the cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
