@@ -1,12 +1,14 @@
-"""Forward and forward+backward time of the lax and im2col convs and pools, side by side.
+"""Forward and forward+backward time of the lax and im2col convs and pools, and BatchNorm, side by side.
 
     python benchmarks/ops.py [--batch 128] [--rounds 7]
 
 Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
-NHWC float32. Prints a markdown table: medians over rounds (spread: half the
+NHWC float32. Prints markdown tables: medians over rounds (spread: half the
 interquartile range), and the im2col/lax ratio (> 1 means im2col is slower).
-Runs after ``jaxcnn.runtime.dispatch_cpu_inline()`` and ``tune_cpu_malloc()``, as
-training does.
+Convolutions are also timed as plain ``jax.jit`` compiles them (XLA then hands
+them to YNNPACK); BatchNorm + ReLU as ``flax.linen.BatchNorm`` against
+``jaxcnn.layers.BatchNorm`` (also on two ResNet-50 shapes). Runs after
+``jaxcnn.runtime.dispatch_cpu_inline()`` and ``tune_cpu_malloc()``, as training does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +27,7 @@ from jax import lax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
-from jaxcnn import ops, runtime  # noqa: E402
+from jaxcnn import layers, ops, runtime  # noqa: E402
 
 # (name, input NHWC without batch, kernel HWIO, stride, padding)
 CONV_LAYERS = [
@@ -49,17 +52,41 @@ MAX_POOL_GRADIENT_LAYERS = POOL_LAYERS + [
 ]
 
 
+# BatchNorm + ReLU inputs (NHWC without batch, batch): ResNet-20's three stages, two ResNet-50 shapes
+NORM_LAYERS = [((32, 32, 16), 128), ((16, 16, 32), 128), ((8, 8, 64), 128), ((16, 16, 256), 16), ((2, 2, 2048), 16)]
+
+
 def conv_candidates(shape, kernel, stride, padding, batch):
+    """lax and im2col compiled as jaxcnn compiles (``runtime.jit``), and lax as plain ``jax.jit``
+    compiles it, which gives XLA's CPU convolutions to YNNPACK."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
     w = jnp.asarray(rng.standard_normal(kernel) * 0.1, jnp.float32)
     out = {}
-    for backend, conv in (("lax", ops.conv2d), ("im2col", ops.conv2d_im2col)):
+    for backend, conv, jit in (("lax", ops.conv2d, runtime.jit), ("lax ynnpack", ops.conv2d, jax.jit),
+                               ("im2col", ops.conv2d_im2col, runtime.jit)):
         f = functools.partial(conv, stride=stride, padding=padding)
-        fwd = runtime.jit(f)
-        fwd_bwd = runtime.jit(jax.grad(lambda x_, w_, f=f: jnp.sum(f(x_, w_) ** 2), (0, 1)))
+        fwd = jit(f)
+        fwd_bwd = jit(jax.grad(lambda x_, w_, f=f: jnp.sum(f(x_, w_) ** 2), (0, 1)))
         out[f"fwd {backend}"] = lambda fwd=fwd: fwd(x, w)
         out[f"fwd+bwd {backend}"] = lambda g=fwd_bwd: g(x, w)
+    return out
+
+
+def norm_candidates(shape, batch):
+    """A training pass of BatchNorm + ReLU (forward, batch statistics, gradients of input and parameters)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)) * 2 + 1, jnp.float32)
+    out = {}
+    for name, module in (("flax", nn.BatchNorm(use_running_average=False, momentum=0.9)),
+                         ("jaxcnn", layers.BatchNorm(use_running_average=False, momentum=0.9))):
+        variables = module.init(jax.random.key(0), x)
+
+        def loss(params, x, module=module, stats=variables["batch_stats"]):
+            y, _ = module.apply({"params": params, "batch_stats": stats}, x, mutable=["batch_stats"])
+            return jnp.sum(jnp.square(jax.nn.relu(y)))
+
+        g = runtime.jit(jax.grad(loss, (0, 1)))
+        out[name] = lambda g=g, p=variables["params"]: g(p, x)
     return out
 
 
@@ -100,16 +127,20 @@ def main():
     runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     print(f"`python benchmarks/ops.py --batch {args.batch} --rounds {args.rounds}` on {machine()}\n")
-    print("| layer | pass | lax ms | im2col ms | im2col / lax |")
-    print("|---|---|---|---|---|")
+    print("lax: XLA's own CPU convolution (jaxcnn.runtime.jit); lax YNNPACK: the same under plain jax.jit\n")
+    print("| layer | pass | lax ms | lax YNNPACK ms | im2col ms | im2col / lax | YNNPACK / lax |")
+    print("|---|---|---|---|---|---|---|")
     ratios = {"fwd": [], "fwd+bwd": []}
     for name, shape, kernel, stride, padding in CONV_LAYERS:
         s = side_by_side(conv_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
         for p in ("fwd", "fwd+bwd"):
-            lax_t, im_t = s[f"{p} lax"], s[f"{p} im2col"]
+            lax_t, ynn_t, im_t = s[f"{p} lax"], s[f"{p} lax ynnpack"], s[f"{p} im2col"]
             ratios[p].append(median(im_t) / median(lax_t))
             print(f"| {name} | {p} | {median(lax_t) * 1e3:.2f} {spread(lax_t)} | "
-                  f"{median(im_t) * 1e3:.2f} {spread(im_t)} | {ratios[p][-1]:.2f} |", flush=True)
+                  f"{median(ynn_t) * 1e3:.2f} {spread(ynn_t)} | {median(im_t) * 1e3:.2f} {spread(im_t)} | "
+                  f"{ratios[p][-1]:.2f} | {median(ynn_t) / median(lax_t):.2f} |", flush=True)
+    print("\n| pool | pass | lax ms | im2col ms | im2col / lax |")
+    print("|---|---|---|---|---|")
     for name, shape, kernel, stride, padding in POOL_LAYERS:
         s = side_by_side(pool_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
         for kind in ("max", "avg"):
@@ -126,6 +157,14 @@ def main():
         print(f"| {name.replace(' max', '')} | {median(s['jax']) * 1e3:.2f} {spread(s['jax'])} | "
               f"{median(s['jaxcnn']) * 1e3:.2f} {spread(s['jaxcnn'])} | "
               f"{median(s['jaxcnn']) / median(s['jax']):.2f} |", flush=True)
+    print("\n| BatchNorm + ReLU input (batch) | train pass: flax.linen.BatchNorm ms | jaxcnn.layers.BatchNorm ms "
+          "| jaxcnn / flax |")
+    print("|---|---|---|---|")
+    for shape, batch in NORM_LAYERS:
+        s = side_by_side(norm_candidates(shape, batch), rounds=args.rounds)
+        print(f"| {'x'.join(map(str, shape))} ({batch}) | {median(s['flax']) * 1e3:.2f} {spread(s['flax'])} | "
+              f"{median(s['jaxcnn']) * 1e3:.2f} {spread(s['jaxcnn'])} | "
+              f"{median(s['jaxcnn']) / median(s['flax']):.2f} |", flush=True)
 
 
 if __name__ == "__main__":
