@@ -99,7 +99,7 @@ class BatchNorm(nn.Module):
     update (``momentum * old + (1 - momentum) * batch``, skipped at init) and
     ``axis_name`` synchronisation, so checkpoints and results carry over; computed
     by :mod:`jaxcnn.ops.norm`, whose channel sums and broadcasts run on a wide
-    view of the array on the CPU (2.2-3x faster forward + backward there).
+    view of the array on the CPU (a training pass 1.4-3.1x faster there).
     ``dtype`` is the output dtype (``None``: from the input and parameters).
     """
 
