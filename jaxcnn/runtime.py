@@ -61,7 +61,7 @@ def dispatch_cpu_inline() -> None:
 
 # XLA's CPU backend hands convolutions and matmuls to YNNPACK by default. Its own (Eigen)
 # convolutions train faster, while YNNPACK's matmuls are faster than Eigen's, so jaxcnn keeps
-# YNNPACK for dots only (benchmarks/RESULTS.md, "YNNPACK or Eigen convolutions").
+# YNNPACK for dots only (benchmarks/RESULTS.md, "Third session of 2026-11-23").
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
@@ -85,11 +85,12 @@ def cpu_compiler_options() -> dict[str, str]:
     return dict(CPU_COMPILER_OPTIONS)
 
 
-def jit(fun, **kwargs):
-    """``jax.jit(fun, **kwargs)`` compiled with :func:`cpu_compiler_options`.
+def jit(fun, *, compiler_options: dict | None = None, **kwargs):
+    """``jax.jit(fun, **kwargs)`` compiled with :func:`cpu_compiler_options` (and ``compiler_options``, which win).
 
     How jaxcnn compiles its steps and what autotuning measures, so that the
     convolution formulations ``conv_backend="auto"`` chooses between are timed as
     they will run; use it for your own steps over jaxcnn models too.
     """
-    return jax.jit(fun, compiler_options=cpu_compiler_options() or None, **kwargs)
+    options = {**cpu_compiler_options(), **(compiler_options or {})}
+    return jax.jit(fun, compiler_options=options or None, **kwargs)

@@ -1,5 +1,6 @@
 """jaxcnn.runtime: the settings for XLA's CPU backend do what they claim (no timings)."""
 
+import functools
 import re
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_jit_leaves_convolutions_to_xla_and_dots_to_ynnpack():
 
     assert ynn_fusions(_compiled_text(jax.jit)) == ["256,256", "8,8,8,64"]  # the dot and the conv
     assert ynn_fusions(_compiled_text(runtime.jit)) == ["256,256"]
+    # Options of the caller's own are added to jaxcnn's, not instead of them.
+    with_own = functools.partial(runtime.jit, compiler_options={"xla_cpu_enable_fast_math": False})
+    assert ynn_fusions(_compiled_text(with_own)) == ["256,256"]
 
 
 def test_cpu_compiler_options_unknown_to_xla_are_dropped(monkeypatch):

@@ -1,6 +1,6 @@
 """Data parallelism: one device, jit over a mesh, or an explicit per-device program with shard_map.
 
-* ``none``: one device, plain ``jit``.
+* ``none``: one device, plain ``jaxcnn.runtime.jit`` (``jax.jit`` with jaxcnn's CPU options).
 * ``jit``: a 1-D ``Mesh`` over every device (of every process) on the ``data`` axis; the
   batch is sharded on it, the state replicated, and XLA inserts the gradient all-reduce.
   BatchNorm statistics are means over the (global) batch axis, so they cover the whole batch.
