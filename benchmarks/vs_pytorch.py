@@ -18,13 +18,16 @@ Both run in one process after ``jaxcnn.runtime.dispatch_cpu_inline()`` and
 ``--async_dispatch`` keeps JAX's default dispatch instead, for comparison).
 Also reported per jaxcnn backend: the time to the first step (tracing,
 autotuning for ``auto``, compiling) and the process's peak resident memory
-after all models ran.
+after all models ran. jaxcnn's per-machine cache is off unless ``JAXCNN_CACHE_DIR``
+is set, so ``auto`` measures its plans afresh in every run (``startup.py`` measures
+what the cache saves).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import resource
 import sys
 import time
@@ -213,6 +216,7 @@ def main():
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--async_dispatch", action="store_true", help="keep JAX's asynchronous CPU dispatch")
     args = parser.parse_args()
+    os.environ.setdefault(runtime.CACHE_DIR_ENV, "")  # plans measured on this machine now, not read back
     import torch
 
     if not args.async_dispatch:

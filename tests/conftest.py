@@ -4,6 +4,10 @@ import jax
 import pytest
 from hypothesis import settings
 
+# No per-machine cache (measured conv plans, compiled programs): every test measures and compiles
+# afresh, and none writes under the user's home. Tests of the cache point it at a temporary directory.
+os.environ["JAXCNN_CACHE_DIR"] = ""
+
 # Four virtual CPU devices, so data-parallel code is tested here; single-device code uses the first.
 jax.config.update("jax_num_cpu_devices", 4)
 

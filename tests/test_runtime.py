@@ -1,6 +1,8 @@
 """jaxcnn.runtime: the settings for XLA's CPU backend do what they claim (no timings)."""
 
 import functools
+import json
+import os
 import re
 import subprocess
 import sys
@@ -83,3 +85,88 @@ def test_cpu_compiler_options_unknown_to_xla_are_dropped(monkeypatch):
         assert float(runtime.jit(lambda v: v * 2)(jnp.float32(3))) == 6.0
     finally:
         runtime.cpu_compiler_options.cache_clear()
+
+
+# --- the per-machine cache ------------------------------------------------------------------
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "mine"))
+    assert runtime.cache_dir() == str(tmp_path / "mine")
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", "")
+    assert runtime.cache_dir() is None
+    monkeypatch.delenv("JAXCNN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert runtime.cache_dir() == str(tmp_path / "xdg" / "jaxcnn")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert runtime.cache_dir() == str(tmp_path / "home" / ".cache" / "jaxcnn")
+
+
+def test_machine_tables_merge_updates_and_are_per_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    assert runtime.read_machine_table("t") == {}
+    runtime.update_machine_table("t", "conv", "a", 1)
+    runtime.update_machine_table("t", "conv", "b", 2)  # a second writer keeps the first's entry
+    runtime.update_machine_table("t", "pool", "c", "xla")
+    table = runtime.read_machine_table("t")
+    assert table["conv"] == {"a": 1, "b": 2} and table["pool"] == {"c": "xla"}
+    assert table["machine"] == json.loads(json.dumps(runtime.machine_fingerprint()))
+    (path,) = tmp_path.iterdir()
+    assert re.fullmatch(r"t-[0-9a-f]{16}\.json", path.name), path.name
+
+    fingerprint = runtime.machine_fingerprint()
+    monkeypatch.setattr(runtime, "machine_fingerprint", lambda: {**fingerprint, "cores": fingerprint["cores"] + 1})
+    assert runtime.read_machine_table("t") == {}  # another machine's (or jax version's) table is not read
+    runtime.update_machine_table("t", "conv", "a", 3)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_an_unreadable_table_warns_and_is_replaced(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    runtime.update_machine_table("t", "conv", "a", 1)
+    (path,) = tmp_path.iterdir()
+    path.write_text("{half a file")
+    with pytest.warns(RuntimeWarning, match="ignoring the unreadable cache file"):
+        assert runtime.read_machine_table("t") == {}
+    with pytest.warns(RuntimeWarning):
+        runtime.update_machine_table("t", "conv", "b", 2)
+    assert runtime.read_machine_table("t")["conv"] == {"b": 2}
+
+
+def test_an_unwritable_cache_only_warns(monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path / "file" / "below"))  # a directory under a file
+    with pytest.warns(RuntimeWarning, match="could not write the cache file"):
+        runtime.update_machine_table("t", "conv", "a", 1)
+    assert runtime.read_machine_table("t") == {}
+
+
+def test_the_cache_turned_off_reads_nothing_and_writes_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", "")
+    monkeypatch.chdir(tmp_path)
+    runtime.update_machine_table("t", "conv", "a", 1)
+    assert runtime.read_machine_table("t") == {} and list(tmp_path.iterdir()) == []
+
+
+_COMPILE_CACHE_PROBE = textwrap.dedent("""
+    import os, sys
+    import jax, jax.numpy as jnp
+    from jaxcnn import runtime
+    if sys.argv[1] == "user":
+        jax.config.update("jax_compilation_cache_dir", os.path.join(os.environ["JAXCNN_CACHE_DIR"], "user"))
+    print(runtime.enable_compilation_cache())
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.jit(lambda v: jnp.sin(v) * 2)(jnp.ones(3)).block_until_ready()
+""")
+
+
+@pytest.mark.parametrize("who", ["jaxcnn", "user"])
+def test_enable_compilation_cache_stores_compiled_programs(tmp_path, who):
+    """In a fresh process: programs land in cache_dir()/xla, or where the user already pointed JAX."""
+    env = {**os.environ, "JAXCNN_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _COMPILE_CACHE_PROBE, who], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()[-1]
+    expected = tmp_path / ("xla" if who == "jaxcnn" else "user")
+    assert out == str(expected)
+    assert any(p.name.startswith("jit__lambda") for p in expected.iterdir())

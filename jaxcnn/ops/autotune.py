@@ -20,7 +20,10 @@ candidates on random data of that signature (a second or so per shape, at trace
 time, compiled by :func:`jaxcnn.runtime.jit` as the training steps are): each
 pass's fastest formulation, kept only if that mix also beats the
 all-xla and all-im2col plans on a whole forward + backward. It is cached for the
-process; :func:`plans` and :func:`set_plans` read and preset the cache, so a
+process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
+``autotune-<machine>.json``), so a later process on the same machine and software
+reuses it instead of measuring again (ResNet-20: about 19 s of its first step);
+:func:`plans` and :func:`set_plans` read and preset the process's cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
 measured only on the CPU backend in a single process and for problems big
 enough for the choice to matter; elsewhere (GPU/TPU convolutions are the vendor
@@ -191,25 +194,57 @@ def plans() -> dict[str, dict]:
     return {"conv": {key: dataclasses.asdict(plan) for key, plan in _PLANS.items()}, "pool": dict(_POOL_CHOICES)}
 
 
+def _conv_plan_of(key: str, fields, fn: str) -> ConvPlan:
+    if not isinstance(fields, dict) or set(fields) != {"forward", "grad_weight", "grad_input"}:
+        raise ValueError(f"{fn}: conv {key!r} is {fields!r}; expected a dict of forward, grad_weight, grad_input")
+    for pass_, names in (("forward", FORWARD), ("grad_weight", GRAD_WEIGHT), ("grad_input", GRAD_INPUT)):
+        if fields[pass_] not in names:
+            raise ValueError(f"{fn}: conv {key!r} has {pass_}={fields[pass_]!r}; expected one of {sorted(names)}")
+    return ConvPlan(**fields)
+
+
+def _pool_choice_of(key: str, choice, fn: str) -> str:
+    if choice not in ("xla", "im2col"):
+        raise ValueError(f"{fn}: pool {key!r} is {choice!r}; expected 'xla' or 'im2col'")
+    return choice
+
+
 def set_plans(table: dict[str, dict]) -> None:
     """Preset cached choices from a :func:`plans` table (e.g. the one an interrupted run saved)."""
     for key, fields in table.get("conv", {}).items():
-        plan = ConvPlan(**fields)
-        for pass_, names in (("forward", FORWARD), ("grad_weight", GRAD_WEIGHT), ("grad_input", GRAD_INPUT)):
-            if getattr(plan, pass_) not in names:
-                raise ValueError(f"set_plans: conv {key!r} has {pass_}={getattr(plan, pass_)!r}; "
-                                 f"expected one of {sorted(names)}")
-        _PLANS[key] = plan
+        _PLANS[key] = _conv_plan_of(key, fields, "set_plans")
     for key, choice in table.get("pool", {}).items():
-        if choice not in ("xla", "im2col"):
-            raise ValueError(f"set_plans: pool {key!r} is {choice!r}; expected 'xla' or 'im2col'")
-        _POOL_CHOICES[key] = choice
+        _POOL_CHOICES[key] = _pool_choice_of(key, choice, "set_plans")
 
 
 def clear_plans() -> None:
-    """Forget every cached choice (the next call of each shape measures again)."""
+    """Forget every choice cached in this process; the next call of each shape takes the machine's
+    cached choice if there is one, else measures again."""
     _PLANS.clear()
     _POOL_CHOICES.clear()
+
+
+MACHINE_TABLE = "autotune"
+
+
+def _machine_choice(section: str, key: str, parse: Callable):
+    """The choice this machine's cache holds for ``key``, or None (an invalid entry is measured again)."""
+    stored = runtime.read_machine_table(MACHINE_TABLE).get(section, {})
+    if not isinstance(stored, dict) or key not in stored:
+        return None
+    try:
+        return parse(key, stored[key], "the machine cache")
+    except ValueError:
+        return None
+
+
+def _measured_once(section: str, key: str, parse: Callable, measure: Callable, to_json: Callable):
+    """The machine's cached choice for ``key``, or ``measure()``'s, which is then cached."""
+    choice = _machine_choice(section, key, parse)
+    if choice is None:
+        choice = measure()
+        runtime.update_machine_table(MACHINE_TABLE, section, key, to_json(choice))
+    return choice
 
 
 _PAUSED: list[bool] = []
@@ -243,7 +278,9 @@ def conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
         if not _measures() or macs < MIN_MEASURED_MACS:
             _PLANS[key] = XLA_PLAN
         else:
-            _PLANS[key] = _measure_conv_plan(x_shape, w_shape, dtype, window, groups)
+            _PLANS[key] = _measured_once(
+                "conv", key, _conv_plan_of, lambda: _measure_conv_plan(x_shape, w_shape, dtype, window, groups),
+                dataclasses.asdict)
     return _PLANS[key]
 
 
@@ -309,14 +346,16 @@ def _pool_auto(lax_fn, im2col_fn, x, kernel_size, stride, kwargs):
         if not _measures() or x.size < MIN_MEASURED_OUTPUT:
             _POOL_CHOICES[key] = "xla"
         else:
-            with jax.ensure_compile_time_eval():
-                sample = _random(x.shape, x.dtype, 0)
+            def measure():
+                with jax.ensure_compile_time_eval():
+                    sample = _random(x.shape, x.dtype, 0)
 
-                def train_pass(fn):
-                    return jax.grad(lambda v: jnp.sum(jnp.square(fn(v, kernel_size, stride, **kwargs))))
+                    def train_pass(fn):
+                        return jax.grad(lambda v: jnp.sum(jnp.square(fn(v, kernel_size, stride, **kwargs))))
 
-                _POOL_CHOICES[key] = _fastest({"xla": train_pass(lax_fn), "im2col": train_pass(im2col_fn)},
-                                              (sample,))
+                    return _fastest({"xla": train_pass(lax_fn), "im2col": train_pass(im2col_fn)}, (sample,))
+
+            _POOL_CHOICES[key] = _measured_once("pool", key, _pool_choice_of, measure, str)
     fn = lax_fn if _POOL_CHOICES[key] == "xla" else im2col_fn
     return fn(x, kernel_size, stride, **kwargs)
 

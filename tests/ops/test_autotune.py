@@ -1,5 +1,6 @@
 """conv2d_auto and the auto pools: every formulation a plan can pick is proven equal to the loops."""
 
+import dataclasses
 import itertools
 import json
 
@@ -217,3 +218,39 @@ def test_an_im2col_forward_and_weight_gradient_share_one_im2col_matrix():
 
     lowered = jax.jit(train_pass).lower(x, w).as_text()  # before XLA's optimisations (no CSE yet)
     assert lowered.count("stablehlo.concatenate") == 1  # the one stack of the 9 tap slices
+
+
+def test_measured_choices_are_kept_in_the_machine_cache(monkeypatch, tmp_path):
+    """A later process (here: the process's cache cleared) takes the machine's choice instead of measuring."""
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", str(tmp_path))
+    measured = []
+    chosen = autotune.ConvPlan("im2col", "xla", "im2col")
+    monkeypatch.setattr(autotune, "_measure_conv_plan", lambda *args: measured.append(args) or chosen)
+    monkeypatch.setattr(autotune, "_fastest", lambda candidates, args: measured.append("pool") or "im2col")
+    x, w = np.ones((16, 36, 36, 1), np.float32), np.ones((5, 5, 1, 16), np.float32)  # measured: 6.5M multiply-adds
+    pooled = np.ones((16, 32, 32, 8), np.float32)
+
+    def run():
+        autotune.clear_plans()
+        ops.conv2d_auto(x, w)
+        ops.avg_pool2d_auto(pooled, 2)
+        return autotune.plans()
+
+    first = run()
+    assert len(measured) == 2 and list(first["conv"].values()) == [dataclasses.asdict(chosen)]
+    assert list(first["pool"].values()) == ["im2col"]
+    (path,) = tmp_path.iterdir()
+    stored = json.loads(path.read_text())
+    assert stored["conv"] == first["conv"] and stored["pool"] == first["pool"] and "machine" in stored
+
+    assert run() == first and len(measured) == 2  # taken from the machine's cache, not measured
+
+    key = next(iter(first["conv"]))
+    stored["conv"][key]["grad_input"] = "fft"  # an entry this jaxcnn cannot use is measured again
+    path.write_text(json.dumps(stored))
+    assert run() == first and len(measured) == 3
+    assert json.loads(path.read_text())["conv"][key] == dataclasses.asdict(chosen)
+
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", "")
+    assert run() == first and len(measured) == 5  # the cache turned off: measured every time
+    autotune.clear_plans()
