@@ -164,7 +164,8 @@ _COMPILE_CACHE_PROBE = textwrap.dedent("""
 @pytest.mark.parametrize("who", ["jaxcnn", "user"])
 def test_enable_compilation_cache_stores_compiled_programs(tmp_path, who):
     """In a fresh process: programs land in cache_dir()/xla, or where the user already pointed JAX."""
-    env = {**os.environ, "JAXCNN_CACHE_DIR": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # JAX's own setting
+    env["JAXCNN_CACHE_DIR"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-c", _COMPILE_CACHE_PROBE, who], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()[-1]
     expected = tmp_path / ("xla" if who == "jaxcnn" else "user")
