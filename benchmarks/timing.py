@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import jax
 
+from jaxcnn import runtime
+
 
 def block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)
@@ -56,12 +58,7 @@ def spread(samples: list[float]) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = runtime.cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
             f"{platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}), "
             f"{datetime.date.today().isoformat()}")
