@@ -172,13 +172,16 @@ def _table_path(name: str) -> str | None:
     return os.path.join(root, f"{name}-{digest}.json")
 
 
-def read_machine_table(name: str) -> dict:
-    """The JSON table ``name`` this machine (:func:`machine_fingerprint`) stored, or ``{}``.
+def write_json_atomically(path: str, payload) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file and a rename: a reader sees
+    the old file or the new one, never half of one (a killed run, two processes writing)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
-    ``{}`` too where the cache is off, the file is missing, or it cannot be read
-    (a warning says which file and why; the next write replaces it).
-    """
-    path = _table_path(name)
+
+def _read_table(path: str | None) -> dict:
     if path is None or not os.path.exists(path):
         return {}
     try:
@@ -188,29 +191,35 @@ def read_machine_table(name: str) -> dict:
             raise ValueError(f"expected a JSON object, got {type(table).__name__}")
         return table
     except (OSError, ValueError) as error:
-        warnings.warn(f"jaxcnn: ignoring the unreadable cache file {path}: {error}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"jaxcnn: ignoring the unreadable cache file {path}: {error}", RuntimeWarning, stacklevel=3)
         return {}
+
+
+def read_machine_table(name: str) -> dict:
+    """The JSON table ``name`` this machine (:func:`machine_fingerprint`) stored, or ``{}``.
+
+    ``{}`` too where the cache is off, the file is missing, or it cannot be read
+    (a warning says which file and why; the next write replaces it).
+    """
+    return _read_table(_table_path(name))
 
 
 def update_machine_table(name: str, section: str, key: str, value) -> None:
     """Set ``table[section][key] = value`` in the table ``name`` of this machine, atomically.
 
     The file is re-read first, so entries other processes wrote meanwhile are kept,
-    and replaced whole by a rename, so a reader never sees half a file. A cache
-    that cannot be written (a read-only home) only warns: the value stays unsaved.
+    and replaced whole by a rename (:func:`write_json_atomically`). A cache that
+    cannot be written (a read-only home) only warns: the value stays unsaved.
     """
     path = _table_path(name)
     if path is None:
         return
-    table = read_machine_table(name)
+    table = _read_table(path)
     table["machine"] = machine_fingerprint()
     section_table = table.get(section)
     table[section] = {**(section_table if isinstance(section_table, dict) else {}), key: value}
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(table, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json_atomically(path, table)
     except OSError as error:
         warnings.warn(f"jaxcnn: could not write the cache file {path}: {error}", RuntimeWarning, stacklevel=2)

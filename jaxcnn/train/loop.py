@@ -114,13 +114,6 @@ def _check_finite(state, checkpoints: Checkpoints) -> None:
 PLANS_FILE = "conv_plans.json"  # conv_backend="auto": the formulation chosen per layer shape
 
 
-def _write_json_atomically(path: str, payload) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train ``config`` in ``workdir`` (resuming what is there) and return the final results.
 
@@ -249,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 tick = time.time()
                 checkpoints.save(done, state)
                 if config.model.conv_backend == "auto" and is_main:
-                    _write_json_atomically(plans_path, ops.autotune.plans())
+                    runtime.write_json_atomically(plans_path, ops.autotune.plans())
                 paused += time.time() - tick
             if stop:
                 stopped_by = stop
