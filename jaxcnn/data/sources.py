@@ -88,7 +88,13 @@ def as_dataset(name: str, split: str, data_dir: str | None = None, **kwargs):
         except Exception as e:  # noqa: BLE001 - any download failure gets the same explanation
             raise DatasetUnavailableError(unavailable_message(info, data_dir, f"downloading it failed ({e})")) from e
     else:
-        b.download_and_prepare()
+        try:
+            b.download_and_prepare()
+        except FileExistsError:
+            # Another process (a second run, or another process of a multi-process run on
+            # this machine) generated it meanwhile: tfds renames a finished copy into place,
+            # so the copy there is whole. Read it through a builder that sees it.
+            b = builder(name, data_dir)
     return b.as_dataset(split=split, **kwargs)
 
 

@@ -194,3 +194,22 @@ def test_batch_size_must_split_over_the_devices(data_dir):
         Pipeline(_config(data_dir, batch_size=30), seed=0, sharding=NamedSharding(mesh, PartitionSpec("data")))
     with pytest.raises(ValueError, match=r"batch_size=4000 is larger than the 3000 training examples"):
         Pipeline(_config(data_dir, batch_size=4000), seed=0)
+
+
+def test_an_offline_dataset_another_process_generated_meanwhile_is_read(tmp_path, monkeypatch):
+    """Two processes generating one offline dataset: the one that loses tfds's final rename reads the winner's."""
+    import tensorflow_datasets as tfds
+
+    generate = tfds.core.DatasetBuilder.download_and_prepare
+    raced = []
+
+    def lose_the_race(self, *args, **kwargs):
+        if raced:
+            return generate(self, *args, **kwargs)
+        raced.append(True)
+        generate(self, *args, **kwargs)  # the other process's copy lands in data_dir first
+        raise FileExistsError(f"Cannot rename .../incomplete.XYZ. Destination {self.data_dir} already exists.")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lose_the_race)
+    examples = sources.as_dataset("digits", "test", str(tmp_path))
+    assert raced and sum(1 for _ in examples) == sources.num_examples("digits", "test", str(tmp_path)) > 0
