@@ -238,11 +238,21 @@ def _machine_choice(section: str, key: str, parse: Callable):
         return None
 
 
+_MEASURED_SECONDS: list[float] = []  # one entry per choice this process measured
+
+
+def measured() -> tuple[int, float]:
+    """How many conv and pool choices this process has measured, and the seconds they took."""
+    return len(_MEASURED_SECONDS), sum(_MEASURED_SECONDS)
+
+
 def _measured_once(section: str, key: str, parse: Callable, measure: Callable, to_json: Callable):
     """The machine's cached choice for ``key``, or ``measure()``'s, which is then cached."""
     choice = _machine_choice(section, key, parse)
     if choice is None:
+        start = time.perf_counter()
         choice = measure()
+        _MEASURED_SECONDS.append(time.perf_counter() - start)
         runtime.update_machine_table(MACHINE_TABLE, section, key, to_json(choice))
     return choice
 

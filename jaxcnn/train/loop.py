@@ -94,6 +94,16 @@ def _meta(config, state) -> dict:
             "param_shapes": json.loads(json.dumps(shapes)), "config": json.loads(config.to_json())}
 
 
+def _report_measuring(bar, before: tuple[int, float]) -> None:
+    """Say what the first step's trace spent measuring ``conv_backend="auto"`` plans, if anything."""
+    after = ops.autotune.measured()
+    count, seconds = after[0] - before[0], after[1] - before[1]
+    if count:
+        cache = runtime.cache_dir()
+        kept = f"kept in {cache} for later runs on this machine" if cache else "not kept (the cache is off)"
+        bar.write(f"conv_backend=auto: measured {count} conv/pool shapes in {seconds:.1f} s; {kept}")
+
+
 def _sum_metrics(batches) -> dict:
     total = None
     for sums in batches:
@@ -208,8 +218,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar = tqdm.tqdm(total=total_steps, initial=start_step, disable=not (is_main and config.progress_bar),
                     unit="step", dynamic_ncols=True)
     with _StopSignals() as signals, bar:
+        measured_before = ops.autotune.measured()
         for step in range(start_step, total_steps):
             state, metrics = train_fn(state, next(batches))
+            if step == start_step and is_main:
+                _report_measuring(bar, measured_before)
             if wait_each_step:
                 jax.block_until_ready(metrics)
             pending.append(metrics)

@@ -91,6 +91,7 @@ def test_report_runs_end_to_end_on_a_tiny_budget(tmp_path, data_dir):
             run.dataset.data_dir = data_dir
             run.parallel = "none"
             run.figures = False
+            run.model.conv_backend = "xla"  # not auto: measuring each run's conv shapes would double the test
     results = train_and_evaluate(config, str(tmp_path))
     table = [line for line in (tmp_path / "REPORT.md").read_text().splitlines() if line.startswith("| ")][1:]
     assert sorted(row.split(" | ")[0][2:] for row in table) == sorted(config.runs.keys())

@@ -35,6 +35,7 @@ def test_experiment_runs_a_few_steps(name, tmp_path, data_dir):
     config.batch_size = 8
     config.log_every_steps = 1
     config.dataset.eval_batch_size = 100
+    config.model.conv_backend = "xla"  # auto would measure every conv shape first (minutes for the big ones)
     for key, value in SMALLER.get(name, {}).items():
         group, leaf = key.split(".")
         config[group][leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value

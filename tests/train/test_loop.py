@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def _launch(workdir, data_dir, *flags):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--workdir", str(workdir), "--config.parallel=none",
            "--config.progress_bar=False", "--config.figures=False", f"--config.dataset.data_dir={data_dir}",
            "--config.total_steps=40",
+           "--config.model.conv_backend=xla",  # not auto: runs started together would each measure plans
            "--config.checkpoint_every_steps=10", "--config.log_every_steps=5", "--config.batch_size=32", *flags]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -139,11 +141,14 @@ def test_unknown_experiment_file_and_bad_override_fail_clearly(tmp_path):
     assert typo.returncode != 0 and "batchsize" in typo.stderr and "batch_size" in typo.stderr
 
 
-def test_auto_backend_saves_its_plans_and_a_resumed_run_reuses_them(tmp_path, data_dir):
+def test_auto_backend_saves_its_plans_and_a_resumed_run_reuses_them(tmp_path, data_dir, capsys):
     from jaxcnn.ops import autotune
 
     autotune.clear_plans()
     train_and_evaluate(_tiny(data_dir, total_steps=4, **{"model.conv_backend": "auto"}), str(tmp_path))
+    said = re.search(r"conv_backend=auto: measured (\d+) conv/pool shapes in [\d.]+ s; not kept \(the cache is off\)",
+                     capsys.readouterr().out)
+    assert said and int(said.group(1)) >= 1  # LeNet's C3 at batch 32 is big enough to measure
     saved = json.loads((tmp_path / "conv_plans.json").read_text())
     assert any("x(32, 32, 32, 1) w(5, 5, 1, 6)" in key for key in saved["conv"])  # LeNet's C1 at batch 32
     forced = {"conv": {key: {"forward": "im2col", "grad_weight": "im2col", "grad_input": "xla"} for key in saved["conv"]},
@@ -153,4 +158,5 @@ def test_auto_backend_saves_its_plans_and_a_resumed_run_reuses_them(tmp_path, da
     results = train_and_evaluate(_tiny(data_dir, total_steps=8, **{"model.conv_backend": "auto"}), str(tmp_path))
     assert results["step"] == 8
     assert autotune.plans() == forced  # loaded from the workdir, not measured again
+    assert "measured" not in capsys.readouterr().out
     autotune.clear_plans()

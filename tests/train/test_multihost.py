@@ -23,7 +23,8 @@ def _launch(workdir, data_dir, devices, *flags):
     cmd = [sys.executable, str(ROOT / "launch.py"), "--workdir", str(workdir), "--config.parallel=jit",
            "--config.model.name=mnist_cnn", "--config.dataset.image_size=28", "--config.progress_bar=False", "--config.figures=False",
            f"--config.dataset.data_dir={data_dir}", "--config.total_steps=12", "--config.batch_size=32",
-           "--config.checkpoint_every_steps=6", "--config.log_every_steps=3", *flags]
+           "--config.checkpoint_every_steps=6", "--config.log_every_steps=3",
+           "--config.model.conv_backend=xla", *flags]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
