@@ -10,16 +10,20 @@ many input gradients.
 
 ``conv2d_auto`` therefore picks, per pass, among
 
-* forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``);
+* forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``),
+  ``"banded"`` (``rows @ T``, :mod:`jaxcnn.ops.banded`: ``b`` output pixels per
+  matrix row, for layers with few filters);
 * weight gradient: ``"xla"`` (autodiff of the lax convolution), ``"im2col"``
-  (``colsᵀ · dy``);
-* input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``).
+  (``colsᵀ · dy``), ``"banded"`` (``rowsᵀ · dy``, folded);
+* input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``), ``"banded"``.
 
 The choice is a :class:`ConvPlan`, made once per shape signature by timing the
 candidates on random data of that signature (a second or so per shape, at trace
 time, compiled by :func:`jaxcnn.runtime.jit` as the training steps are): each
-pass's fastest formulation, kept only if that mix also beats the
-all-xla and all-im2col plans on a whole forward + backward. It is cached for the
+pass's fastest formulation, kept only if that mix also beats each single-formulation
+plan on a whole forward + backward. ``"banded"`` is a candidate only where its band
+is wider than one pixel (:func:`jaxcnn.ops.banded.band_width`); elsewhere it would
+compute im2col's products. It is cached for the
 process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
 ``autotune-<machine>.json``), so a later process on the same machine and software
 reuses it instead of measuring again (ResNet-20: about 19 s of its first step);
@@ -53,6 +57,7 @@ from jax import lax
 from jaxcnn import runtime
 from jaxcnn.ops import pool as _pool
 from jaxcnn.ops._fusion import materialized
+from jaxcnn.ops.banded import band_width, banded_forward, banded_grad_input, banded_grad_weight
 from jaxcnn.ops.conv import add_bias
 from jaxcnn.ops.im2col import (
     Window,
@@ -121,9 +126,29 @@ def _im2col_grad_input(x, w, dy, window, groups):
     return matmul_grad_input(dy, w, window, groups)
 
 
-FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward}
-GRAD_WEIGHT: dict[str, Callable] = {"xla": _xla_grad_weight, "im2col": _im2col_grad_weight}
-GRAD_INPUT: dict[str, Callable] = {"xla": _xla_grad_input, "im2col": _im2col_grad_input}
+def _band(window: Window, w_shape, groups: int) -> int:
+    return band_width(window, w_shape[3] // groups)
+
+
+def _banded_forward(x, w, window, groups):
+    return banded_forward(x, w, window, groups, _band(window, w.shape, groups))[0]
+
+
+def _banded_grad_weight(x, w, dy, window, groups):
+    b = _band(window, w.shape, groups)
+    return banded_grad_weight(banded_forward(x, w, window, groups, b)[1], dy, w.shape, window, groups, b)
+
+
+def _banded_grad_input(x, w, dy, window, groups):
+    del x
+    return banded_grad_input(dy, w, window, groups, _band(window, w.shape, groups))
+
+
+FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward, "banded": _banded_forward}
+GRAD_WEIGHT: dict[str, Callable] = {"xla": _xla_grad_weight, "im2col": _im2col_grad_weight,
+                                    "banded": _banded_grad_weight}
+GRAD_INPUT: dict[str, Callable] = {"xla": _xla_grad_input, "im2col": _im2col_grad_input,
+                                   "banded": _banded_grad_input}
 
 
 # --- the differentiable op ------------------------------------------------------------------
@@ -135,10 +160,13 @@ def _conv_planned(x, w, window: Window, groups: int, plan: ConvPlan):
 
 
 def _conv_planned_fwd(x, w, window, groups, plan):
+    # The weight gradient reads the forward's im2col (or band) matrix: build it once, keep it.
     if plan.forward == plan.grad_weight == "im2col":
-        # The weight gradient reads the forward's im2col matrix: build it once, keep it.
         y, cols_g = matmul_forward(x, w, window, groups)
         return y, (x, w, cols_g)
+    if plan.forward == plan.grad_weight == "banded":
+        y, rows_g = banded_forward(x, w, window, groups, _band(window, w.shape, groups))
+        return y, (x, w, rows_g)
     residual = materialized(x) if x.shape[-1] >= MATERIALIZED_FROM_CHANNELS else x
     return _conv_planned(x, w, window, groups, plan), (residual, w, None)
 
@@ -148,6 +176,8 @@ def _conv_planned_bwd(window, groups, plan, residuals, dy):
     dx = GRAD_INPUT[plan.grad_input](x, w, dy, window, groups)  # dead code when x needs no gradient
     if cols_g is None:
         dw = GRAD_WEIGHT[plan.grad_weight](x, w, dy, window, groups)
+    elif plan.grad_weight == "banded":
+        dw = banded_grad_weight(cols_g, dy, w.shape, window, groups, _band(window, w.shape, groups))
     else:
         dw = matmul_grad_weight(cols_g, dy, w.shape, groups)
     return dx.astype(x.dtype), dw.astype(w.dtype)
@@ -323,17 +353,20 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
         dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
 
-        def bind(table, names):
+        # A band one pixel wide computes im2col's products: not worth its compiles.
+        names = [name for name in FORWARD if name != "banded" or _band(window, w_shape, groups) > 1]
+
+        def bind(table):
             return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
 
         mixed = ConvPlan(
-            forward=_fastest(bind(FORWARD, FORWARD), (x, w)),
-            grad_weight=_fastest(bind(GRAD_WEIGHT, GRAD_WEIGHT), (x, w, dy)),
-            grad_input=_fastest(bind(GRAD_INPUT, GRAD_INPUT), (x, w, dy)),
+            forward=_fastest(bind(FORWARD), (x, w)),
+            grad_weight=_fastest(bind(GRAD_WEIGHT), (x, w, dy)),
+            grad_input=_fastest(bind(GRAD_INPUT), (x, w, dy)),
         )
         # Passes timed alone need not add up: the winners' mix must also beat each whole
-        # backend on the full forward + backward, where XLA fuses across the passes.
-        plans = {plan: None for plan in (mixed, XLA_PLAN, ConvPlan("im2col", "im2col", "im2col"))}
+        # formulation on the full forward + backward, where XLA fuses across the passes.
+        plans = {plan: None for plan in (mixed, *(ConvPlan(name, name, name) for name in names))}
         return _fastest({plan: _training_pass(plan, window, groups) for plan in plans}, (x, w, dy))
 
 

@@ -59,7 +59,9 @@ def test_every_plan_matches_the_loop_reference(plan, geometry):
 
 
 @pytest.mark.parametrize("plan", [autotune.ConvPlan("im2col", "im2col", "xla"),
-                                  autotune.ConvPlan("im2col", "xla", "im2col")], ids=str)
+                                  autotune.ConvPlan("im2col", "xla", "im2col"),
+                                  autotune.ConvPlan("banded", "banded", "banded"),
+                                  autotune.ConvPlan("banded", "im2col", "banded")], ids=str)
 def test_mixed_plans_pass_finite_differences(plan):
     rng = np.random.default_rng(1)
     window = make_window((6, 5), (3, 2), (1, 2), 1, 1, "test")
@@ -125,7 +127,7 @@ def test_conv2d_auto_validates_like_conv2d():
 
 
 def test_set_plans_rejects_unknown_formulations():
-    with pytest.raises(ValueError, match=r"grad_input='fft'; expected one of \['im2col', 'xla'\]"):
+    with pytest.raises(ValueError, match=r"grad_input='fft'; expected one of \['banded', 'im2col', 'xla'\]"):
         autotune.set_plans({"conv": {"k": {"forward": "xla", "grad_weight": "xla", "grad_input": "fft"}}})
     with pytest.raises(ValueError, match=r"pool 'k' is 'cudnn'"):
         autotune.set_plans({"pool": {"k": "cudnn"}})
@@ -146,8 +148,10 @@ def test_auto_pools_match_lax_and_only_average_pools_measure(kind):
     autotune.clear_plans()
 
 
-def test_measured_plans_are_timed_not_defaulted(monkeypatch):
-    """Above the size floor: every candidate of every pass is timed, then the mix against whole backends."""
+@pytest.mark.parametrize("filters,names", [(16, ["xla", "im2col", "banded"]),  # bands of 2 pixels
+                                           (32, ["xla", "im2col"])])  # a band of 1 would be im2col
+def test_measured_plans_are_timed_not_defaulted(monkeypatch, filters, names):
+    """Above the size floor: every candidate of every pass is timed, then the mix against whole formulations."""
     timed = []
 
     def first(candidates, args):
@@ -156,14 +160,14 @@ def test_measured_plans_are_timed_not_defaulted(monkeypatch):
 
     monkeypatch.setattr(autotune, "_fastest", first)
     autotune.clear_plans()
-    ops.conv2d_auto(np.ones((16, 36, 36, 1), np.float32), np.ones((5, 5, 1, 16), np.float32))
-    assert timed[:3] == [["xla", "im2col"], ["xla", "im2col"], ["xla", "im2col"]]
-    assert timed[3] == [str(autotune.XLA_PLAN), str(autotune.ConvPlan("im2col", "im2col", "im2col"))]  # mix == xla
+    ops.conv2d_auto(np.ones((16, 36, 36, 1), np.float32), np.ones((5, 5, 1, filters), np.float32))
+    assert timed[:3] == [names] * 3
+    assert timed[3] == [str(autotune.ConvPlan(n, n, n)) for n in names]  # the mix is xla's plan
     autotune.clear_plans()
 
 
 def test_all_plans_are_every_combination():
-    assert len(autotune.all_plans()) == len(set(autotune.all_plans())) == 8 == len(PLANS)
+    assert len(autotune.all_plans()) == len(set(autotune.all_plans())) == 27 == len(PLANS)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -206,18 +210,22 @@ def test_initialising_a_model_measures_nothing(monkeypatch):
     autotune.clear_plans()
 
 
-def test_an_im2col_forward_and_weight_gradient_share_one_im2col_matrix():
-    """The weight gradient reuses the forward's columns instead of building them again from x."""
+@pytest.mark.parametrize("formulation", ["im2col", "banded"])
+def test_a_matmul_forward_and_weight_gradient_share_one_matrix(formulation):
+    """The weight gradient reuses the forward's columns (or bands) instead of building them again from x."""
     window = make_window((6, 6), 3, 1, 1, 1, "test")
     x, w, dy = np.ones((2, 6, 6, 16), np.float32), np.ones((3, 3, 16, 4), np.float32), np.ones((2, 6, 6, 4), np.float32)
+    plan = autotune.ConvPlan(formulation, formulation, "xla")
 
     def train_pass(x, w):
-        y, vjp = jax.vjp(lambda a, b: autotune._conv_planned(a, b, window, 1, autotune.ConvPlan("im2col", "im2col", "xla")),
-                         x, w)
+        y, vjp = jax.vjp(lambda a, b: autotune._conv_planned(a, b, window, 1, plan), x, w)
         return y, vjp(dy)
 
-    lowered = jax.jit(train_pass).lower(x, w).as_text()  # before XLA's optimisations (no CSE yet)
-    assert lowered.count("stablehlo.concatenate") == 1  # the one stack of the 9 tap slices
+    def stacks(fn):  # before XLA's optimisations (no CSE yet)
+        return jax.jit(fn).lower(x, w).as_text().count("stablehlo.concatenate")
+
+    forward_only = stacks(lambda a, b: autotune._conv_planned(a, b, window, 1, plan))
+    assert forward_only >= 1 and stacks(train_pass) == forward_only  # the forward's stack of tap slices, once
 
 
 def test_measured_choices_are_kept_in_the_machine_cache(monkeypatch, tmp_path):
