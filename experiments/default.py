@@ -3,9 +3,9 @@
     python launch.py                      # same as --config experiments/default.py
 
 Expected: 99.72% test accuracy on the 360 held-out digits (1 error), in about 22 s of
-training wall time (28 s for the whole command, imports included) on a 2-core CPU, of
-which ~4 s measure the conv plans and more compile the steps; run again on the same
-machine, with both kept in its cache: about 14 s (19 s) (measured 2026-11-23).
+training wall time (27 s for the whole command, imports included) on a 2-core CPU, of
+which ~5 s measure the conv plans and more compile the steps; run again on the same
+machine, with both kept in its cache: about 9 s (14 s) (measured 2026-11-23).
 """
 
 from jaxcnn.train import default_config
