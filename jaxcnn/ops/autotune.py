@@ -57,7 +57,7 @@ from jax import lax
 from jaxcnn import runtime
 from jaxcnn.ops import pool as _pool
 from jaxcnn.ops._fusion import materialized
-from jaxcnn.ops.banded import band_width, banded_forward, banded_grad_input, banded_grad_weight
+from jaxcnn.ops.banded import band_width, banded_forward, banded_grad_input, banded_grad_weight, banded_rows
 from jaxcnn.ops.conv import add_bias
 from jaxcnn.ops.im2col import (
     Window,
@@ -136,7 +136,7 @@ def _banded_forward(x, w, window, groups):
 
 def _banded_grad_weight(x, w, dy, window, groups):
     b = _band(window, w.shape, groups)
-    return banded_grad_weight(banded_forward(x, w, window, groups, b)[1], dy, w.shape, window, groups, b)
+    return banded_grad_weight(banded_rows(x, window, groups, b), dy, w.shape, window, groups, b)
 
 
 def _banded_grad_input(x, w, dy, window, groups):

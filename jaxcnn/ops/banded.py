@@ -84,7 +84,12 @@ def _band_weight_adjoint(t, w_shape, window: Window, groups: int, b: int):
     return jnp.einsum("vlj,givclo->ijcgo", _selection(window, b, t.dtype), t).reshape(w_shape)
 
 
-def _band_rows(dy, b: int, groups: int):
+def banded_rows(x, window: Window, groups: int, b: int):
+    """The band matrix of NHWC ``x`` per group, ``(G, N*OH*OW/b, KH*S*C/G)``."""
+    return _group_cols(patches(x, band_window(window, b)), groups)
+
+
+def _dy_rows(dy, b: int, groups: int):
     """``(N, OH, OW, O) -> (G, N*OH*OW/b, b*O/G)``: each group's output gradient, ``b`` pixels per row."""
     n, oh, ow, o = dy.shape
     padded_ow = -(-ow // b) * b
@@ -99,7 +104,7 @@ def banded_forward(x, w, window: Window, groups: int, b: int):
     ``rows_g`` (each group's band matrix) is the residual :func:`banded_grad_weight` needs.
     """
     band = band_window(window, b)
-    rows_g = _group_cols(patches(x, band), groups)  # (G, M, KH*S*C/G)
+    rows_g = banded_rows(x, window, groups, b)  # (G, M, KH*S*C/G)
     y = jnp.matmul(rows_g, band_weight(w, window, groups, b))  # (G, M, b*O/G)
     n, o = x.shape[0], w.shape[3]
     y = y.reshape(groups, -1, b, o // groups).transpose(1, 2, 0, 3)
@@ -114,13 +119,13 @@ def banded_grad_weight(rows_g, dy, w_shape, window: Window, groups: int, b: int)
     CPU matmul reads them in place (LeNet-5's training step 1.24x faster than with
     ``dy`` transposed first, which re-ran the pooling gradient inside the transpose).
     """
-    dt = jnp.einsum("gmk,gmn->gkn", rows_g, _band_rows(dy, b, groups))
+    dt = jnp.einsum("gmk,gmn->gkn", rows_g, _dy_rows(dy, b, groups))
     return _band_weight_adjoint(dt, w_shape, window, groups, b)
 
 
 def banded_grad_input(dy, w, window: Window, groups: int, b: int):
     """``dx = unpatches(dy · Tᵀ)``: the input gradient, NHWC of the unpadded input's shape."""
     band = band_window(window, b)
-    drows = jnp.matmul(_band_rows(dy, b, groups), band_weight(w, window, groups, b).transpose(0, 2, 1))
+    drows = jnp.matmul(_dy_rows(dy, b, groups), band_weight(w, window, groups, b).transpose(0, 2, 1))
     shape = (dy.shape[0], *band.out_size, *band.kernel_size, w.shape[2] * groups)
     return unpatches(_ungroup_cols(drows, shape), band)
