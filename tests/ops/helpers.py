@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tests.ops import reference as ref
+
 
 def nchw_to(x, data_format):
     """An NCHW-ordered array (any spatial rank) in data_format's layout."""
@@ -32,6 +34,18 @@ def to_oihw(w, data_format):
 
 def randn(rng, shape):
     return rng.standard_normal(shape).astype(np.float32)
+
+
+def loop_reference_case(geometry, seed=0):
+    """Random float32 ``x``, ``w``, ``dy`` (NCHW / OIHW) for a conv geometry ``(x shape, w shape,
+    stride, padding pairs, dilation, groups)``, and the loops' ``y``, ``dx``, ``dw`` for them."""
+    x_shape, w_shape, stride, pads, dilation, groups = geometry
+    rng = np.random.default_rng(seed)
+    x, w = randn(rng, x_shape), randn(rng, w_shape)
+    y = ref.conv2d_loops(x, w, None, stride, pads, dilation, groups)
+    dy = randn(rng, y.shape)
+    dx, dw, _ = ref.conv2d_loops_grad(x, w, dy, stride, pads, dilation, groups)
+    return (x, w, dy), (y, dx, dw)
 
 
 def assert_close(actual, expected, rtol=2e-5, atol=2e-5, err_msg=""):

@@ -14,8 +14,7 @@ from jaxcnn import ops
 from jaxcnn.ops import autotune
 from jaxcnn.ops._fusion import materialized
 from jaxcnn.ops.im2col import GATHER_BELOW_CHANNELS, SEPARABLE_BELOW_CHANNELS, Window, make_window, patches, tap_slices
-from tests.ops import reference as ref
-from tests.ops.helpers import assert_close, nchw_to, oihw_to, randn, to_nchw, to_oihw
+from tests.ops.helpers import assert_close, loop_reference_case, nchw_to, oihw_to, randn, to_nchw, to_oihw
 
 # (x NCHW, w OIHW, stride, padding pairs, dilation, groups)
 GEOMETRIES = [
@@ -42,13 +41,8 @@ CASES = [(plan, geometry) for plan in PLANS for geometry in GEOMETRIES]
 @pytest.mark.parametrize("plan,geometry", CASES, ids=[
     f"{p.forward}-{p.grad_weight}-{p.grad_input}-x{g[0]}w{g[1]}s{g[2]}d{g[4]}g{g[5]}" for p, g in CASES])
 def test_every_plan_matches_the_loop_reference(plan, geometry):
-    x_shape, w_shape, stride, pads, dilation, groups = geometry
-    rng = np.random.default_rng(0)
-    x, w = randn(rng, x_shape), randn(rng, w_shape)
-    expected = ref.conv2d_loops(x, w, None, stride, pads, dilation, groups)
-    dy = randn(rng, expected.shape)
-    dx_ref, dw_ref, _ = ref.conv2d_loops_grad(x, w, dy, stride, pads, dilation, groups)
-
+    _, _, stride, pads, dilation, groups = geometry
+    (x, w, dy), (expected, dx_ref, dw_ref) = loop_reference_case(geometry)
     xl, wl = nchw_to(x, "NHWC"), oihw_to(w, "NHWC")
     window = _window(xl.shape, wl.shape, stride, pads, dilation)
     y, vjp = jax.vjp(lambda a, b: autotune._conv_planned(a, b, window, groups, plan), xl, wl)

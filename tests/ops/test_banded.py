@@ -7,8 +7,7 @@ import pytest
 
 from jaxcnn.ops import banded
 from jaxcnn.ops.im2col import make_window
-from tests.ops import reference as ref
-from tests.ops.helpers import nchw_to, oihw_to, randn, to_nchw, to_oihw
+from tests.ops.helpers import loop_reference_case, nchw_to, oihw_to, to_nchw, to_oihw
 
 # (x NCHW, w OIHW, stride, padding pairs, dilation, groups)
 GEOMETRIES = [
@@ -31,12 +30,8 @@ CASES = [(g, b) for g in GEOMETRIES for b in range(1, _out_width(g) + 1)]
 @pytest.mark.parametrize("geometry,b", CASES, ids=[f"x{g[0]}w{g[1]}s{g[2]}d{g[4]}g{g[5]}-b{b}" for g, b in CASES])
 def test_every_band_width_matches_the_loop_reference(geometry, b):
     """Forward, weight and input gradients for bands that divide the output width and bands that do not."""
-    x_shape, w_shape, stride, pads, dilation, groups = geometry
-    rng = np.random.default_rng(0)
-    x, w = randn(rng, x_shape), randn(rng, w_shape)
-    expected = ref.conv2d_loops(x, w, None, stride, pads, dilation, groups)
-    dy = randn(rng, expected.shape)
-    dx_ref, dw_ref, _ = ref.conv2d_loops_grad(x, w, dy, stride, pads, dilation, groups)
+    _, _, stride, pads, dilation, groups = geometry
+    (x, w, dy), (expected, dx_ref, dw_ref) = loop_reference_case(geometry)
     with jax.enable_x64(True):
         xl, wl, dyl = (jnp.asarray(a, jnp.float64) for a in (nchw_to(x, "NHWC"), oihw_to(w, "NHWC"),
                                                                nchw_to(dy, "NHWC")))
