@@ -120,14 +120,14 @@ class BatchNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones_init(), features, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros_init(), features, self.param_dtype)
         if use_running_average:
-            mean, var = ra_mean.value, ra_var.value
+            y = ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
         else:
             stats_x = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
-            mean, var = ops.batch_moments(stats_x, None if self.is_initializing() else self.axis_name)
+            y, mean, var = ops.batch_norm(stats_x, scale, bias, self.epsilon,
+                                          None if self.is_initializing() else self.axis_name)
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        y = ops.normalize(x, mean, var, scale, bias, self.epsilon)
         return jnp.asarray(y, nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
 
 

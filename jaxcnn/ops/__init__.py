@@ -13,7 +13,7 @@ from jaxcnn.ops import autotune, filters
 from jaxcnn.ops.autotune import avg_pool2d_auto, conv2d_auto, max_pool2d_auto
 from jaxcnn.ops.conv import conv1d, conv2d, conv3d, conv_output_size
 from jaxcnn.ops.im2col import col2im, conv2d_im2col, im2col
-from jaxcnn.ops.norm import add_channel_bias, batch_moments, channel_sum, normalize
+from jaxcnn.ops.norm import add_channel_bias, batch_moments, batch_norm, channel_sum, normalize
 from jaxcnn.ops.padding import PADDING_MODES, normalize_padding, pad_spatial, same_padding
 from jaxcnn.ops.pool import (
     avg_pool1d,
@@ -38,6 +38,7 @@ __all__ = [
     "avg_pool2d_im2col",
     "avg_pool3d",
     "batch_moments",
+    "batch_norm",
     "channel_sum",
     "col2im",
     "conv1d",

@@ -4,6 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn import ops
 from jaxcnn.ops import norm
@@ -54,25 +57,56 @@ def test_batch_moments_and_normalize(shape):
     assert_close(ops.normalize(x, mean, var, scale, bias, 1e-5), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_batch_norm_gradient_matches_float64_autodiff():
-    """The training-mode normalisation's gradient, through the statistics, against the plain formula in float64."""
+def _plain_batch_norm(x, scale, bias):
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8, 16), (2, 7, 5, 3)])
+def test_batch_norm_gradient_matches_float64_autodiff(shape):
+    """batch_norm's closed-form gradient, through the statistics, against autodiff in float64."""
     rng = np.random.default_rng(2)
-    x, scale, bias, dy = (randn(rng, s) for s in [(4, 8, 8, 16), (16,), (16,), (4, 8, 8, 16)])
-
-    def ours(x, scale, bias):
-        mean, var = ops.batch_moments(x)
-        return ops.normalize(x, mean, var, scale, bias, 1e-5)
-
-    def plain(x, scale, bias):
-        mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
-        return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
-
-    grads = jax.vjp(ours, x, scale, bias)[1](dy)
+    c = shape[-1:]
+    x, scale, bias, dy = 3 * randn(rng, shape) + 2, randn(rng, c), randn(rng, c), randn(rng, shape)
+    (y, mean, var), vjp = jax.vjp(lambda *a: ops.batch_norm(*a, 1e-5), x, scale, bias)
     with jax.enable_x64(True):
         args64 = [np.asarray(a, np.float64) for a in (x, scale, bias)]
-        expected = jax.vjp(plain, *args64)[1](np.asarray(dy, np.float64))
-    for got, want in zip(grads, expected):
+        want, vjp64 = jax.vjp(_plain_batch_norm, *args64)
+        expected = vjp64(np.asarray(dy, np.float64))
+    assert_close(y, want, rtol=1e-4, atol=1e-4)
+    assert_close(mean, _moments64(x)[0], rtol=1e-5, atol=1e-5)
+    assert_close(var, _moments64(x)[1], rtol=1e-5, atol=1e-5)
+    zeros = jnp.zeros(c)
+    for got, want in zip(vjp((jnp.asarray(dy), zeros, zeros)), expected):
         assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # The statistics are for running averages: no gradient flows back through them.
+    for got in vjp((jnp.zeros(shape), jnp.ones(c), jnp.ones(c))):
+        assert not np.any(np.asarray(got))
+
+
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices")
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_batch_norm_over_a_mapped_axis_has_the_whole_batch_gradient(check_vma):
+    """Statistics averaged over an axis: the mapped gradient equals the whole batch's (cross-shard terms included)."""
+    rng = np.random.default_rng(4)
+    x, scale, bias, dy = (randn(rng, s) for s in [(8, 4, 4, 8), (8,), (8,), (8, 4, 4, 8)])
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+
+    def shard(xs, scale, bias, dys):
+        return lax.psum(jnp.vdot(ops.batch_norm(xs, scale, bias, 1e-5, "data")[0], dys), "data")
+
+    def mapped_loss(x, scale, bias):
+        mapped = jax.shard_map(shard, mesh=mesh, in_specs=(P("data"), P(), P(), P("data")), out_specs=P(),
+                               check_vma=check_vma)
+        return mapped(x, scale, bias, dy)
+
+    got = jax.grad(mapped_loss, (0, 1, 2))(x, scale, bias)
+    with jax.enable_x64(True):
+        args64 = [np.asarray(a, np.float64) for a in (x, scale, bias)]
+        expected = jax.grad(lambda *a: jnp.vdot(_plain_batch_norm(*a), np.asarray(dy, np.float64)),
+                            (0, 1, 2))(*args64)
+    for g, want in zip(got, expected):
+        assert_close(g, want, rtol=1e-4, atol=1e-4)
 
 
 def test_moments_are_float32_for_bfloat16_and_pmean_over_an_axis():
