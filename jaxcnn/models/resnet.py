@@ -12,7 +12,8 @@ parameter-free "option A" shortcuts (subsample by 2, zero-pad the new channels).
 ResNet-20 has 269,722 parameters for 10 classes.
 
 Blocks receive ``conv``, ``norm`` and ``act`` as fields, so the conv backend is
-one argument of the model.
+one argument of the model. The ReLUs are :func:`jaxcnn.ops.relu`, whose backward
+reads the stored output rather than the BatchNorm and residual chain behind it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn import ops
 from jaxcnn.layers import BatchNorm, Conv, GlobalAvgPool, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_in, kaiming_fan_out, logits
 
@@ -35,7 +37,7 @@ class BasicBlock(nn.Module):
     shortcut: str = "projection"  # "projection" (1x1 conv + BN) or "zero_pad" (option A)
     conv: Any = Conv
     norm: Any = BatchNorm
-    act: Any = nn.relu
+    act: Any = ops.relu
 
     @nn.compact
     def __call__(self, x):
@@ -52,7 +54,7 @@ class Bottleneck(nn.Module):
     shortcut: str = "projection"
     conv: Any = Conv
     norm: Any = BatchNorm
-    act: Any = nn.relu
+    act: Any = ops.relu
 
     @nn.compact
     def __call__(self, x):
@@ -89,7 +91,7 @@ class ResNet(nn.Module):
         check_inputs(self, x, "resnet")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype, kernel_init=kaiming_fan_out)
         norm = batch_norm(train, self.dtype, self.bn_axis_name)
-        x = nn.relu(norm(name="stem_norm")(conv(64, 7, 2, 3, use_bias=False, name="stem_conv")(x)))
+        x = ops.relu(norm(name="stem_norm")(conv(64, 7, 2, 3, use_bias=False, name="stem_conv")(x)))
         x = MaxPool(3, 2, padding=1, backend=self.conv_backend)(x)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for b in range(num_blocks):
@@ -115,7 +117,7 @@ class CifarResNet(nn.Module):
             raise ValueError(f"CifarResNet: depth must be 6n + 2, got {self.depth}")
         conv = partial(Conv, backend=self.conv_backend, dtype=self.dtype, kernel_init=kaiming_fan_in)
         norm = batch_norm(train, self.dtype, self.bn_axis_name)
-        x = nn.relu(norm(name="stem_norm")(conv(16, 3, 1, 1, use_bias=False, name="stem_conv")(x)))
+        x = ops.relu(norm(name="stem_norm")(conv(16, 3, 1, 1, use_bias=False, name="stem_conv")(x)))
         for stage in range(3):
             for b in range((self.depth - 2) // 6):
                 stride = 2 if stage > 0 and b == 0 else 1

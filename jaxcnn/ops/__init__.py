@@ -10,6 +10,7 @@ each pass by whichever proven-equal formulation is measured fastest for the shap
 """
 
 from jaxcnn.ops import autotune, filters
+from jaxcnn.ops._fusion import relu
 from jaxcnn.ops.autotune import avg_pool2d_auto, conv2d_auto, max_pool2d_auto
 from jaxcnn.ops.conv import conv1d, conv2d, conv3d, conv_output_size
 from jaxcnn.ops.im2col import col2im, conv2d_im2col, im2col
@@ -59,5 +60,6 @@ __all__ = [
     "normalize",
     "normalize_padding",
     "pad_spatial",
+    "relu",
     "same_padding",
 ]
