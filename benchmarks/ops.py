@@ -123,10 +123,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--only", choices=["conv", "pool", "norm"], help="one part (pool: both pool tables)")
     args = parser.parse_args()
     runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
-    print(f"`python benchmarks/ops.py --batch {args.batch} --rounds {args.rounds}` on {machine()}\n")
+    print(f"`python {' '.join(sys.argv)}` on {machine()}\n")
+    if args.only in (None, "conv"):
+        conv_tables(args)
+    if args.only in (None, "pool"):
+        pool_tables(args)
+    if args.only in (None, "norm"):
+        norm_table(args)
+
+
+def conv_tables(args):
     print("lax: XLA's own CPU convolution (jaxcnn.runtime.jit); lax YNNPACK: the same under plain jax.jit\n")
     print("| layer | pass | lax ms | lax YNNPACK ms | im2col ms | im2col / lax | YNNPACK / lax |")
     print("|---|---|---|---|---|---|---|")
@@ -139,6 +149,11 @@ def main():
             print(f"| {name} | {p} | {median(lax_t) * 1e3:.2f} {spread(lax_t)} | "
                   f"{median(ynn_t) * 1e3:.2f} {spread(ynn_t)} | {median(im_t) * 1e3:.2f} {spread(im_t)} | "
                   f"{ratios[p][-1]:.2f} | {median(ynn_t) / median(lax_t):.2f} |", flush=True)
+    geo = {p: float(np.exp(np.mean(np.log(r)))) for p, r in ratios.items()}
+    print(f"\nconv im2col/lax geometric mean: fwd {geo['fwd']:.2f}, fwd+bwd {geo['fwd+bwd']:.2f}")
+
+
+def pool_tables(args):
     print("\n| pool | pass | lax ms | im2col ms | im2col / lax |")
     print("|---|---|---|---|---|")
     for name, shape, kernel, stride, padding in POOL_LAYERS:
@@ -148,8 +163,6 @@ def main():
                 lax_t, im_t = s[f"{kind} {p} lax"], s[f"{kind} {p} im2col"]
                 print(f"| {name.replace('max', kind)} | {p} | {median(lax_t) * 1e3:.2f} {spread(lax_t)} | "
                       f"{median(im_t) * 1e3:.2f} {spread(im_t)} | {median(im_t) / median(lax_t):.2f} |", flush=True)
-    geo = {p: float(np.exp(np.mean(np.log(r)))) for p, r in ratios.items()}
-    print(f"\nconv im2col/lax geometric mean: fwd {geo['fwd']:.2f}, fwd+bwd {geo['fwd+bwd']:.2f}")
     print("\n| max pool | fwd+bwd: JAX's reduce_window derivative ms | jaxcnn max_pool2d ms | jaxcnn / JAX |")
     print("|---|---|---|---|")
     for name, shape, kernel, stride, padding in MAX_POOL_GRADIENT_LAYERS:
@@ -157,6 +170,9 @@ def main():
         print(f"| {name.replace(' max', '')} | {median(s['jax']) * 1e3:.2f} {spread(s['jax'])} | "
               f"{median(s['jaxcnn']) * 1e3:.2f} {spread(s['jaxcnn'])} | "
               f"{median(s['jaxcnn']) / median(s['jax']):.2f} |", flush=True)
+
+
+def norm_table(args):
     print("\n| BatchNorm + ReLU input (batch) | train pass: flax.linen.BatchNorm ms | jaxcnn.layers.BatchNorm ms "
           "| jaxcnn / flax |")
     print("|---|---|---|---|")

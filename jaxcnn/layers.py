@@ -99,7 +99,8 @@ class BatchNorm(nn.Module):
     update (``momentum * old + (1 - momentum) * batch``, skipped at init) and
     ``axis_name`` synchronisation, so checkpoints and results carry over; computed
     by :mod:`jaxcnn.ops.norm`, whose channel sums and broadcasts run on a wide
-    view of the array on the CPU (a training pass 1.4-3.1x faster there).
+    view of the array on the CPU and whose gradient is in closed form (a training
+    pass 2.0-3.6x faster there).
     ``dtype`` is the output dtype (``None``: from the input and parameters).
     """
 

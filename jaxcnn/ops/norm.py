@@ -10,7 +10,7 @@ sum takes 0.9 ms.
 Every function here works on that view on the CPU: sums fold the ``k`` blocks
 at the end, and per-channel vectors are tiled ``k`` times before they are
 broadcast, so the reductions autodiff makes of those broadcasts are wide too
-(a BatchNorm + ReLU training pass: 1.4-3.1x faster than ``flax.linen.BatchNorm``
+(a BatchNorm + ReLU training pass: 2.0-3.6x faster than ``flax.linen.BatchNorm``
 on ResNet-20's and ResNet-50's shapes, ``benchmarks/ops.py``). Elsewhere ``k = 1``: the plain layout.
 
 :func:`batch_norm`, the training-mode normalisation, has its gradient in closed
