@@ -1,6 +1,6 @@
 """Forward and forward+backward time of the lax and im2col convs and pools, and BatchNorm, side by side.
 
-    python benchmarks/ops.py [--batch 128] [--rounds 7]
+    python benchmarks/ops.py [--batch 128] [--rounds 7] [--only conv|pool|norm]
 
 Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
 NHWC float32. Prints markdown tables: medians over rounds (spread: half the

@@ -37,7 +37,8 @@ def relu(x):
     reads it instead of having XLA recompute, inside each fusion that needs the mask,
     the whole elementwise chain that produced it: in a ResNet, the BatchNorms and
     residual sums of every earlier block of the stage (ResNet-20's training step:
-    1.08-1.09x faster).
+    1.04-1.09x faster). Like :func:`materialized`, exact for finite values: when
+    differentiated, an inf or NaN makes its row of up to 16 stored values NaN.
     """
     return jnp.maximum(x, 0)
 
