@@ -124,8 +124,8 @@ class BatchNorm(nn.Module):
             y = ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
         else:
             stats_x = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
-            y, mean, var = ops.batch_norm(stats_x, scale, bias, self.epsilon,
-                                          None if self.is_initializing() else self.axis_name)
+            y, mean, var = ops.batch_norm(stats_x, scale, bias, epsilon=self.epsilon,
+                                          axis_name=None if self.is_initializing() else self.axis_name)
             if not self.is_initializing():
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

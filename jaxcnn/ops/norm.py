@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcnn.ops._checks import float_array
+
 WIDE_ROW = 128
 
 
@@ -96,7 +98,7 @@ def normalize(x, mean, var, scale, bias, epsilon: float):
     return y.reshape(x.shape)
 
 
-def batch_norm(x, scale, bias, epsilon: float, axis_name: str | None = None):
+def batch_norm(x, scale, bias, *, epsilon: float = 1e-5, axis_name: str | None = None):
     """Training-mode batch normalization of channels-last ``x`` with its own batch statistics.
 
     ``y = (x - mean) / sqrt(var + epsilon) * scale + bias`` with ``mean, var =
@@ -109,9 +111,22 @@ def batch_norm(x, scale, bias, epsilon: float, axis_name: str | None = None):
     averaged over the axis, and a replicated ``scale``/``bias`` gets the sum of
     every device's gradient, as autodiff gives it.
     """
+    _check_batch_norm(x, scale, bias, epsilon)
     x, scale, bias = (_varying(a, axis_name) for a in (x, scale, bias))
     y, mean, var = _batch_norm(x, scale, bias, epsilon, axis_name)
     return y, lax.stop_gradient(mean), lax.stop_gradient(var)
+
+
+def _check_batch_norm(x, scale, bias, epsilon) -> None:
+    x = float_array(x, "x", "batch_norm")
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: x must be (N, ..., C) with at least 2 dims, got shape {x.shape}")
+    for name, v in (("scale", scale), ("bias", bias)):
+        if jnp.shape(v) != x.shape[-1:]:
+            raise ValueError(f"batch_norm: {name} must have shape {x.shape[-1:]} (x's channels), "
+                             f"got {jnp.shape(v)}")
+    if not epsilon > 0:
+        raise ValueError(f"batch_norm: epsilon must be > 0, got {epsilon!r}")
 
 
 def _varying(a, axis_name):

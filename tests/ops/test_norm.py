@@ -68,7 +68,7 @@ def test_batch_norm_gradient_matches_float64_autodiff(shape):
     rng = np.random.default_rng(2)
     c = shape[-1:]
     x, scale, bias, dy = 3 * randn(rng, shape) + 2, randn(rng, c), randn(rng, c), randn(rng, shape)
-    (y, mean, var), vjp = jax.vjp(lambda *a: ops.batch_norm(*a, 1e-5), x, scale, bias)
+    (y, mean, var), vjp = jax.vjp(lambda *a: ops.batch_norm(*a, epsilon=1e-5), x, scale, bias)
     with jax.enable_x64(True):
         args64 = [np.asarray(a, np.float64) for a in (x, scale, bias)]
         want, vjp64 = jax.vjp(_plain_batch_norm, *args64)
@@ -93,7 +93,7 @@ def test_batch_norm_over_a_mapped_axis_has_the_whole_batch_gradient(check_vma):
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
 
     def shard(xs, scale, bias, dys):
-        return lax.psum(jnp.vdot(ops.batch_norm(xs, scale, bias, 1e-5, "data")[0], dys), "data")
+        return lax.psum(jnp.vdot(ops.batch_norm(xs, scale, bias, epsilon=1e-5, axis_name="data")[0], dys), "data")
 
     def mapped_loss(x, scale, bias):
         mapped = jax.shard_map(shard, mesh=mesh, in_specs=(P("data"), P(), P(), P("data")), out_specs=P(),
@@ -120,3 +120,13 @@ def test_moments_are_float32_for_bfloat16_and_pmean_over_an_axis():
     for got, want in zip(mapped, whole):
         np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got[1], want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_rejects_mismatched_parameters_before_tracing():
+    x = jnp.zeros((2, 3, 3, 4))
+    with pytest.raises(ValueError, match=r"batch_norm: scale must have shape \(4,\).*got \(3,\)"):
+        ops.batch_norm(x, jnp.ones(3), jnp.zeros(4))
+    with pytest.raises(ValueError, match="batch_norm: epsilon must be > 0"):
+        ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), epsilon=0.0)
+    with pytest.raises(TypeError, match="batch_norm: x must have a floating-point dtype"):
+        ops.batch_norm(jnp.zeros((2, 4), jnp.int32), jnp.ones(4), jnp.zeros(4))
