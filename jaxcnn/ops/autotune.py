@@ -12,10 +12,12 @@ many input gradients.
 
 * forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``),
   ``"banded"`` (``rows @ T``, :mod:`jaxcnn.ops.banded`: ``b`` output pixels per
-  matrix row, for layers with few filters);
+  matrix row, for layers with few filters), ``"onednn"`` (oneDNN's convolution
+  through XLA:CPU, :mod:`jaxcnn.ops.onednn`);
 * weight gradient: ``"xla"`` (autodiff of the lax convolution), ``"im2col"``
-  (``colsᵀ · dy``), ``"banded"`` (``rowsᵀ · dy``, folded);
-* input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``), ``"banded"``.
+  (``colsᵀ · dy``), ``"banded"`` (``rowsᵀ · dy``, folded), ``"onednn"``;
+* input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``), ``"banded"``,
+  ``"onednn"`` (the transposed convolution as a forward one).
 
 The choice is a :class:`ConvPlan`, made once per shape signature by timing the
 candidates on random data of that signature (a second or so per shape, at trace
@@ -23,9 +25,11 @@ time, compiled by :func:`jaxcnn.runtime.jit` as the training steps are): each
 pass's fastest formulation, kept only if that mix also beats each single-formulation
 plan on a whole forward + backward. ``"banded"`` is a candidate only where its band
 is wider than one pixel (:func:`jaxcnn.ops.banded.band_width`); elsewhere it would
-compute im2col's products. It is cached for the
+compute im2col's products; ``"onednn"`` only where this process proved it
+(:func:`jaxcnn.ops.onednn.usable`: float32 on the CPU), elsewhere it would compute
+lax's. The choice is cached for the
 process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
-``autotune-<machine>.json``), so a later process on the same machine and software
+``autotune-v2-<machine>.json``), so a later process on the same machine and software
 reuses it instead of measuring again (ResNet-20: about 19 s of its first step);
 :func:`plans` and :func:`set_plans` read and preset the process's cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
@@ -55,6 +59,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn import runtime
+from jaxcnn.ops import onednn
 from jaxcnn.ops import pool as _pool
 from jaxcnn.ops._fusion import materialized
 from jaxcnn.ops.banded import band_width, banded_forward, banded_grad_input, banded_grad_weight, banded_rows
@@ -144,11 +149,31 @@ def _banded_grad_input(x, w, dy, window, groups):
     return banded_grad_input(dy, w, window, groups, _band(window, w.shape, groups))
 
 
-FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward, "banded": _banded_forward}
+# oneDNN where this process proved it (jaxcnn.ops.onednn.usable), lax otherwise: the same values.
+def _onednn_forward(x, w, window, groups):
+    if not onednn.usable(x.dtype):
+        return _xla_forward(x, w, window, groups)
+    return onednn.onednn_forward(x, w, window, groups)
+
+
+def _onednn_grad_weight(x, w, dy, window, groups):
+    if not onednn.usable(x.dtype):
+        return _xla_grad_weight(x, w, dy, window, groups)
+    return onednn.onednn_grad_weight(x, dy, w.shape, window, groups)
+
+
+def _onednn_grad_input(x, w, dy, window, groups):
+    if not onednn.usable(dy.dtype):
+        return _xla_grad_input(x, w, dy, window, groups)
+    return onednn.onednn_grad_input(dy, w, window, groups)
+
+
+FORWARD: dict[str, Callable] = {"xla": _xla_forward, "im2col": _im2col_forward, "banded": _banded_forward,
+                                "onednn": _onednn_forward}
 GRAD_WEIGHT: dict[str, Callable] = {"xla": _xla_grad_weight, "im2col": _im2col_grad_weight,
-                                    "banded": _banded_grad_weight}
+                                    "banded": _banded_grad_weight, "onednn": _onednn_grad_weight}
 GRAD_INPUT: dict[str, Callable] = {"xla": _xla_grad_input, "im2col": _im2col_grad_input,
-                                   "banded": _banded_grad_input}
+                                   "banded": _banded_grad_input, "onednn": _onednn_grad_input}
 
 
 # --- the differentiable op ------------------------------------------------------------------
@@ -254,7 +279,8 @@ def clear_plans() -> None:
     _POOL_CHOICES.clear()
 
 
-MACHINE_TABLE = "autotune"
+# Versioned by the formulations offered: choices measured among fewer of them are measured again.
+MACHINE_TABLE = "autotune-v2"
 
 
 def _machine_choice(section: str, key: str, parse: Callable):
@@ -353,11 +379,15 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
         dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
 
-        # A band one pixel wide computes im2col's products: not worth its compiles.
-        names = [name for name in FORWARD if name != "banded" or _band(window, w_shape, groups) > 1]
+        # A band one pixel wide computes im2col's products, and oneDNN unproven would be lax's:
+        # neither is worth its compiles.
+        skipped = {"banded"} if _band(window, w_shape, groups) == 1 else set()
+        if not onednn.usable(dtype):
+            skipped.add("onednn")
 
         def bind(table):
-            return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
+            return {name: functools.partial(fn, window=window, groups=groups)
+                    for name, fn in table.items() if name not in skipped}
 
         mixed = ConvPlan(
             forward=_fastest(bind(FORWARD), (x, w)),
@@ -366,7 +396,8 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         )
         # Passes timed alone need not add up: the winners' mix must also beat each whole
         # formulation on the full forward + backward, where XLA fuses across the passes.
-        plans = {plan: None for plan in (mixed, *(ConvPlan(name, name, name) for name in names))}
+        plans = {plan: None for plan in (mixed, *(ConvPlan(name, name, name) for name in FORWARD
+                                                 if name not in skipped))}
         return _fastest({plan: _training_pass(plan, window, groups) for plan in plans}, (x, w, dy))
 
 

@@ -11,7 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 from jaxcnn import ops
-from jaxcnn.ops import autotune
+from jaxcnn.ops import autotune, onednn
 from jaxcnn.ops.im2col import GATHER_BELOW_CHANNELS, SEPARABLE_BELOW_CHANNELS, Window, make_window, patches, tap_slices
 from tests.ops.helpers import assert_close, loop_reference_case, nchw_to, oihw_to, randn, to_nchw, to_oihw
 
@@ -120,7 +120,7 @@ def test_conv2d_auto_validates_like_conv2d():
 
 
 def test_set_plans_rejects_unknown_formulations():
-    with pytest.raises(ValueError, match=r"grad_input='fft'; expected one of \['banded', 'im2col', 'xla'\]"):
+    with pytest.raises(ValueError, match=r"grad_input='fft'; expected one of \['banded', 'im2col', 'onednn', 'xla'\]"):
         autotune.set_plans({"conv": {"k": {"forward": "xla", "grad_weight": "xla", "grad_input": "fft"}}})
     with pytest.raises(ValueError, match=r"pool 'k' is 'cudnn'"):
         autotune.set_plans({"pool": {"k": "cudnn"}})
@@ -141,8 +141,11 @@ def test_auto_pools_match_lax_and_only_average_pools_measure(kind):
     autotune.clear_plans()
 
 
-@pytest.mark.parametrize("filters,names", [(16, ["xla", "im2col", "banded"]),  # bands of 2 pixels
-                                           (32, ["xla", "im2col"])])  # a band of 1 would be im2col
+ONEDNN = ["onednn"] if onednn.usable(np.float32) else []  # measured only where proven
+
+
+@pytest.mark.parametrize("filters,names", [(16, ["xla", "im2col", "banded", *ONEDNN]),  # bands of 2 pixels
+                                           (32, ["xla", "im2col", *ONEDNN])])  # a band of 1 would be im2col
 def test_measured_plans_are_timed_not_defaulted(monkeypatch, filters, names):
     """Above the size floor: every candidate of every pass is timed, then the mix against whole formulations."""
     timed = []
@@ -160,7 +163,7 @@ def test_measured_plans_are_timed_not_defaulted(monkeypatch, filters, names):
 
 
 def test_all_plans_are_every_combination():
-    assert len(autotune.all_plans()) == len(set(autotune.all_plans())) == 27 == len(PLANS)
+    assert len(autotune.all_plans()) == len(set(autotune.all_plans())) == 4**3 == len(PLANS)
 
 
 def test_initialising_a_model_measures_nothing(monkeypatch):
