@@ -1,13 +1,16 @@
 """Forward and forward+backward time of the lax and im2col convs and pools, and BatchNorm, side by side.
 
-    python benchmarks/ops.py [--batch 128] [--rounds 7] [--only conv|pool|norm]
+    python benchmarks/ops.py [--batch 128] [--rounds 7] [--only conv|passes|pool|norm]
 
 Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
 NHWC float32. Prints markdown tables: medians over rounds (spread: half the
 interquartile range), and the im2col/lax ratio (> 1 means im2col is slower).
 Convolutions are also timed as plain ``jax.jit`` compiles them (XLA then hands
 them to YNNPACK); BatchNorm + ReLU as ``flax.linen.BatchNorm`` against
-``jaxcnn.layers.BatchNorm`` (also on two ResNet-50 shapes). Runs after
+``jaxcnn.layers.BatchNorm`` (also on two ResNet-50 shapes). ``passes`` times each
+pass of each convolution (forward, weight gradient, input gradient) in every
+formulation ``conv2d_auto`` chooses among, and PyTorch's channels-last pass where
+torch is installed (2 threads). Runs after
 ``jaxcnn.runtime.dispatch_cpu_inline()`` and ``tune_cpu_malloc()``, as training does.
 """
 
@@ -28,6 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
 from jaxcnn import layers, ops, runtime  # noqa: E402
+from jaxcnn.ops import autotune, onednn  # noqa: E402
+from jaxcnn.ops.banded import band_width  # noqa: E402
+from jaxcnn.ops.im2col import make_window  # noqa: E402
 
 # (name, input NHWC without batch, kernel HWIO, stride, padding)
 CONV_LAYERS = [
@@ -71,6 +77,46 @@ def conv_candidates(shape, kernel, stride, padding, batch):
         out[f"fwd {backend}"] = lambda fwd=fwd: fwd(x, w)
         out[f"fwd+bwd {backend}"] = lambda g=fwd_bwd: g(x, w)
     return out
+
+
+def pass_candidates(shape, kernel, stride, padding, batch):
+    """Each pass of the convolution in each of ``conv2d_auto``'s formulations (where it is a candidate)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel) * 0.1, jnp.float32)
+    window = make_window(shape[:2], kernel[:2], stride, padding, 1, "benchmark")
+    dy = jnp.asarray(rng.standard_normal((batch, *window.out_size, kernel[3])), jnp.float32)
+    skipped = {"banded"} if band_width(window, kernel[3]) == 1 else set()
+    skipped |= set() if onednn.usable(jnp.float32) else {"onednn"}
+    out = {}
+    for pass_name, table, args in (("forward", autotune.FORWARD, (x, w)), ("dW", autotune.GRAD_WEIGHT, (x, w, dy)),
+                                   ("dx", autotune.GRAD_INPUT, (x, w, dy))):
+        for name, fn in table.items():
+            if name not in skipped:
+                f = runtime.jit(functools.partial(fn, window=window, groups=1))
+                out[f"{pass_name} {name}"] = lambda f=f, args=args: f(*args)
+    out.update(_torch_pass_candidates(x, w, dy, stride, padding))
+    return out
+
+
+def _torch_pass_candidates(x, w, dy, stride, padding):
+    """PyTorch's channels-last passes (oneDNN on the CPU), where torch is installed."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    torch.set_num_threads(2)
+    cl = torch.channels_last
+    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    tw = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous(memory_format=cl)
+    tdy = torch.from_numpy(np.array(dy)).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+    s, p = [stride, stride], [padding, padding]
+
+    def backward(mask):
+        return lambda: torch.ops.aten.convolution_backward(tdy, tx, tw, None, s, p, [1, 1], False, [0, 0], 1, mask)
+
+    return {"forward pytorch": lambda: torch.nn.functional.conv2d(tx, tw, stride=stride, padding=padding),
+            "dW pytorch": backward([False, True, False]), "dx pytorch": backward([True, False, False])}
 
 
 def norm_candidates(shape, batch):
@@ -123,13 +169,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--only", choices=["conv", "pool", "norm"], help="one part (pool: both pool tables)")
+    parser.add_argument("--only", choices=["conv", "passes", "pool", "norm"], help="one part (pool: both pool tables)")
     args = parser.parse_args()
     runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     print(f"`python {' '.join(sys.argv)}` on {machine()}\n")
     if args.only in (None, "conv"):
         conv_tables(args)
+    if args.only in (None, "passes"):
+        pass_table(args)
     if args.only in (None, "pool"):
         pool_tables(args)
     if args.only in (None, "norm"):
@@ -151,6 +199,23 @@ def conv_tables(args):
                   f"{ratios[p][-1]:.2f} | {median(ynn_t) / median(lax_t):.2f} |", flush=True)
     geo = {p: float(np.exp(np.mean(np.log(r)))) for p, r in ratios.items()}
     print(f"\nconv im2col/lax geometric mean: fwd {geo['fwd']:.2f}, fwd+bwd {geo['fwd+bwd']:.2f}")
+
+
+PASS_FORMULATIONS = ["xla", "im2col", "banded", "onednn", "pytorch"]
+
+
+def pass_table(args):
+    print("\nEach pass alone, ms (n/a: not a candidate there); ratios of oneDNN's kernels to XLA's and to PyTorch's\n")
+    print(f"| layer | pass | {' | '.join(PASS_FORMULATIONS)} | onednn / xla | onednn / pytorch |")
+    print("|---|---|" + "---|" * (len(PASS_FORMULATIONS) + 2))
+    for name, shape, kernel, stride, padding in CONV_LAYERS:
+        s = side_by_side(pass_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
+        for pass_name in ("forward", "dW", "dx"):
+            cells = [f"{median(s[k]) * 1e3:.2f} {spread(s[k])}" if k in s else "n/a"
+                     for k in (f"{pass_name} {f}" for f in PASS_FORMULATIONS)]
+            ratios = [f"{median(s[f'{pass_name} onednn']) / median(s[f'{pass_name} {f}']):.2f}"
+                      if f"{pass_name} onednn" in s and f"{pass_name} {f}" in s else "n/a" for f in ("xla", "pytorch")]
+            print(f"| {name} | {pass_name} | {' | '.join(cells)} | {' | '.join(ratios)} |", flush=True)
 
 
 def pool_tables(args):

@@ -13,11 +13,11 @@ many input gradients.
 * forward: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (``cols @ W``),
   ``"banded"`` (``rows @ T``, :mod:`jaxcnn.ops.banded`: ``b`` output pixels per
   matrix row, for layers with few filters), ``"onednn"`` (oneDNN's convolution
-  through XLA:CPU, :mod:`jaxcnn.ops.onednn`);
+  kernels, PyTorch's on the CPU, as XLA FFI calls: :mod:`jaxcnn.ops.onednn`);
 * weight gradient: ``"xla"`` (autodiff of the lax convolution), ``"im2col"``
   (``colsᵀ · dy``), ``"banded"`` (``rowsᵀ · dy``, folded), ``"onednn"``;
 * input gradient: ``"xla"``, ``"im2col"`` (``col2im(dy · Wᵀ)``), ``"banded"``,
-  ``"onednn"`` (the transposed convolution as a forward one).
+  ``"onednn"``.
 
 The choice is a :class:`ConvPlan`, made once per shape signature by timing the
 candidates on random data of that signature (a second or so per shape, at trace
@@ -25,11 +25,11 @@ time, compiled by :func:`jaxcnn.runtime.jit` as the training steps are): each
 pass's fastest formulation, kept only if that mix also beats each single-formulation
 plan on a whole forward + backward. ``"banded"`` is a candidate only where its band
 is wider than one pixel (:func:`jaxcnn.ops.banded.band_width`); elsewhere it would
-compute im2col's products; ``"onednn"`` only where this process proved it
-(:func:`jaxcnn.ops.onednn.usable`: float32 on the CPU), elsewhere it would compute
-lax's. The choice is cached for the
+compute im2col's products; ``"onednn"`` only where its kernels run
+(:func:`jaxcnn.ops.onednn.usable`: float32 on the CPU, kernels built), elsewhere it
+would compute lax's. The choice is cached for the
 process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
-``autotune-v2-<machine>.json``), so a later process on the same machine and software
+``autotune-v3-<machine>.json``), so a later process on the same machine and software
 reuses it instead of measuring again (ResNet-20: about 19 s of its first step);
 :func:`plans` and :func:`set_plans` read and preset the process's cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
@@ -149,7 +149,7 @@ def _banded_grad_input(x, w, dy, window, groups):
     return banded_grad_input(dy, w, window, groups, _band(window, w.shape, groups))
 
 
-# oneDNN where this process proved it (jaxcnn.ops.onednn.usable), lax otherwise: the same values.
+# oneDNN where its kernels run (jaxcnn.ops.onednn.usable), lax otherwise: the same values.
 def _onednn_forward(x, w, window, groups):
     if not onednn.usable(x.dtype):
         return _xla_forward(x, w, window, groups)
@@ -280,7 +280,7 @@ def clear_plans() -> None:
 
 
 # Versioned by the formulations offered: choices measured among fewer of them are measured again.
-MACHINE_TABLE = "autotune-v2"
+MACHINE_TABLE = "autotune-v3"
 
 
 def _machine_choice(section: str, key: str, parse: Callable):

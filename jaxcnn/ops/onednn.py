@@ -1,240 +1,234 @@
-"""Convolutions on oneDNN, the library PyTorch's CPU convolutions run on, called through XLA:CPU.
+"""Convolutions on oneDNN, the library PyTorch's CPU convolutions run on, as XLA FFI kernels.
 
-jaxlib's XLA:CPU links oneDNN and can execute a custom call
-``__onednn$convolution``: a forward convolution of any dimension numbers,
-configured by a JSON ``onednn_conv_config`` (XLA's own pass that rewrites
-convolutions to it is compiled out of jaxlib's builds). On this project's 2-core
-AVX-512 machine it runs ResNet's 3x3 forwards 1.4-2.7x faster than
-``lax.conv_general_dilated`` and their stride-1 input gradients 1.5-2.3x faster
-(``benchmarks/RESULTS.md``). The custom call runs forward convolutions only
-(oneDNN's backward kernels are not reachable), so ``conv2d_auto``'s
-``"onednn"`` formulation writes all three passes as forward ones:
+On this project's 2-core AVX-512 machine oneDNN's kernels for ResNet's 3x3
+layers run the forward 1.4-2.7x, the input gradient 1.5-2.3x and the weight
+gradient 4-6x faster than XLA:CPU's convolutions (``benchmarks/RESULTS.md``).
+This module brings all three passes to JAX: ``onednn_kernels.cc``, beside it,
+defines one XLA FFI handler per pass over jaxcnn's layouts (NHWC activations,
+HWIO kernels, float32, any stride, padding, dilation and group count), and
+:func:`available` compiles it once per machine and software with the system's
+C++ compiler against oneDNN from PyPI (``onednn-cpu-gomp`` and its headers,
+``onednn-devel-cpu-gomp``: dependencies of jaxcnn on x86-64 Linux) and XLA's
+FFI headers from jaxlib, keeps the library in jaxcnn's cache directory, and
+registers the handlers.
 
-* forward: ``y = conv(x, w)`` as is;
-* input gradient: ``dx = conv(dilate(dy, stride), flip(w)ᵀ)``, the transposed
-  convolution (``dy`` dilated with zeros where the stride is above 1, the
-  kernel's taps reversed and its in/out features swapped per group);
-* weight gradient: ``dW = conv(xᵀ, dy)``, ``x`` as ``(C, H, W, N)`` and ``dy``
-  the kernel (:func:`onednn_grad_weight`).
-
-The custom call is XLA's internal interface, not a public one, and its config
-has changed between XLA versions, and a config XLA cannot read aborts the
-process. :func:`available` therefore proves it once per machine and software, in
-a child process, on small cases (all three passes, strided, padded, dilated and
-grouped, against ``lax``); where that fails, or off the CPU, or for
-dtypes other than float32 (:func:`usable`), ``conv2d_auto`` computes those
-passes with ``lax`` instead and never measures oneDNN. Differentiating
-:func:`conv_general` (as a second derivative through ``conv2d_auto`` does) uses
-``lax`` convolutions for the tangents, so every derivative stays exact.
+``conv2d_auto`` measures the ``"onednn"`` formulation of each pass beside the
+others where :func:`usable` says so: float32 on the CPU, the kernels built.
+Anywhere else (no compiler, no oneDNN wheel for this platform, another backend
+or dtype) a plan naming ``"onednn"`` computes lax's values instead, and the
+reason is given once, as a warning. Differentiating a pass (a second derivative
+through ``conv2d_auto``) uses lax convolutions for its tangents: each pass is
+linear in each of its arrays, so every derivative stays exact. Under ``vmap``
+the kernels run once per example.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
-import json
+import hashlib
+import importlib.metadata
 import os
+import shutil
 import subprocess
-import sys
+import tempfile
+import warnings
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from jax import lax
-from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
 
 from jaxcnn import runtime
 from jaxcnn.ops.im2col import Window
 
-TARGET = "__onednn$convolution"
-MACHINE_TABLE = "onednn"
-NHWC_HWIO = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # (lhs, rhs, out) specs, as lax.ConvDimensionNumbers
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
+ONEDNN_LIBRARY, ONEDNN_HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # PyPI distributions
+# FFI target name -> the handler symbol onednn_kernels.cc exports.
+FORWARD_TARGET, GRAD_INPUT_TARGET, GRAD_WEIGHT_TARGET = (
+    "jaxcnn_onednn_forward", "jaxcnn_onednn_grad_input", "jaxcnn_onednn_grad_weight")
+HANDLERS = {FORWARD_TARGET: "JaxcnnOnednnForward", GRAD_INPUT_TARGET: "JaxcnnOnednnGradInput",
+            GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight"}
 
 
-def _lax_conv(lhs, rhs, *, strides, padding, dilation, specs, groups):
-    return lax.conv_general_dilated(lhs, rhs, strides, padding, rhs_dilation=dilation,
-                                    dimension_numbers=lax.ConvDimensionNumbers(*specs), feature_group_count=groups)
+class BuildError(RuntimeError):
+    """The oneDNN kernels could not be compiled or loaded here; the message says why."""
 
 
-def _config(strides, padding, dilation, specs, groups) -> str:
-    """The ``onednn_conv_config`` of jaxlib's XLA:CPU: dims zero-based, window values as in HLO."""
-    (lhs, rhs, out), rank = specs, len(specs[0])
-
-    def data(spec):
-        return {"dims": rank, "data": {"batch_dim": spec[0], "feature_dim": spec[1], "spatial_dims": list(spec[2:])}}
-
-    return json.dumps({"onednn_conv_config": {
-        "dims": rank, "input": data(lhs), "output": data(out),
-        "kernel": {"dims": rank, "filter": {"output_feature_dim": rhs[0], "input_feature_dim": rhs[1],
-                                            "spatial_dims": list(rhs[2:])}},
-        "window": {"strides": list(strides), "pad_left": [lo for lo, _ in padding],
-                   "pad_right": [hi for _, hi in padding], "window_dilations": list(dilation)},
-        "feature_groups": groups,
-    }})
+# --- building the kernels ------------------------------------------------------------------------
 
 
-def _abstract_eval(lhs, rhs, **params):
-    out = jax.eval_shape(functools.partial(_lax_conv, **params), lhs, rhs)
-    return jax.core.ShapedArray(out.shape, out.dtype)
-
-
-def _cpu_lowering(ctx, lhs, rhs, **params):
-    return jax.ffi.ffi_lowering(TARGET, backend_config=_config(**params), api_version=1)(ctx, lhs, rhs)
-
-
-def _batched(args, dims, **params):
-    # vmap (per-example gradients, say) runs lax's convolution: correct, not oneDNN-fast.
-    return jax.vmap(functools.partial(_lax_conv, **params), in_axes=dims)(*args), 0
-
-
-_conv_p = Primitive("onednn_conv")
-_conv_p.def_abstract_eval(_abstract_eval)
-_conv_p.def_impl(lambda lhs, rhs, **params: jax.jit(functools.partial(_conv_p.bind, **params))(lhs, rhs))
-mlir.register_lowering(_conv_p, mlir.lower_fun(_lax_conv, multiple_results=False))
-mlir.register_lowering(_conv_p, _cpu_lowering, platform="cpu")
-batching.primitive_batchers[_conv_p] = _batched
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def conv_general(lhs, rhs, strides, padding, dilation, specs, groups):
-    """``lax.conv_general_dilated`` without input dilation, computed by oneDNN on the CPU.
-
-    ``specs`` are ``lax.ConvDimensionNumbers``' ``(lhs_spec, rhs_spec, out_spec)``
-    tuples of axis indices; ``padding`` is ``((lo, hi), ...)`` of non-negative
-    pairs. Elsewhere than the CPU it lowers to ``lax.conv_general_dilated``.
-    Tangents are computed with ``lax`` (the convolution is bilinear).
-    """
-    return _conv_p.bind(lhs, rhs, strides=strides, padding=padding, dilation=dilation, specs=specs, groups=groups)
-
-
-@conv_general.defjvp
-def _conv_general_jvp(strides, padding, dilation, specs, groups, primals, tangents):
-    (lhs, rhs), (d_lhs, d_rhs) = primals, tangents
-    conv = functools.partial(_lax_conv, strides=strides, padding=padding, dilation=dilation, specs=specs,
-                             groups=groups)
-    return conv_general(lhs, rhs, strides, padding, dilation, specs, groups), conv(d_lhs, rhs) + conv(lhs, d_rhs)
-
-
-def onednn_forward(x, w, window: Window, groups: int):
-    """NHWC ``x`` convolved with HWIO ``w`` over ``window`` (zero padding): ``(N, OH, OW, O)``."""
-    return conv_general(x, w, window.stride, window.padding, window.dilation, NHWC_HWIO, groups)
-
-
-def onednn_grad_input(dy, w, window: Window, groups: int):
-    """``dx`` of :func:`onednn_forward` for the cotangent ``dy``: ``(N, H, W, C)``, as a forward convolution.
-
-    Along each spatial axis ``dy`` is dilated by the stride and padded by
-    ``d(k-1) - lo`` before and ``d(k-1) - hi + r`` after, where ``r`` is the
-    input the forward's last window left unread; negative amounts crop ``dy``
-    first (oneDNN takes no negative padding).
-    """
-    kh, kw, cg, o = w.shape
-    flipped = w[::-1, ::-1].reshape(kh, kw, cg, groups, o // groups)
-    w_t = flipped.transpose(0, 1, 4, 3, 2).reshape(kh, kw, o // groups, groups * cg)
-    pads = []
-    for n, k, s, d, (lo, hi), out in zip(window.in_size, window.kernel_size, window.stride, window.dilation,
-                                        window.padding, window.out_size):
-        unread = n + lo + hi - (d * (k - 1) + 1) - (out - 1) * s
-        pads.append((d * (k - 1) - lo, d * (k - 1) - hi + unread))
-    if any(s > 1 for s in window.stride) or any(p < 0 for pair in pads for p in pair):
-        config = [(0, 0, 0), *((min(lo, 0), min(hi, 0), s - 1) for (lo, hi), s in zip(pads, window.stride)), (0, 0, 0)]
-        dy = lax.pad(dy, jnp.zeros((), dy.dtype), config)
-        pads = [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
-    ones = (1,) * len(window.stride)
-    return conv_general(dy, w_t, ones, tuple(pads), window.dilation, NHWC_HWIO, groups)
-
-
-def onednn_grad_weight(x, dy, w_shape, window: Window, groups: int):
-    """``dW`` of :func:`onednn_forward`: ``(KH, KW, C/G, O)``, as a forward convolution per group.
-
-    ``dW[i, j, c, o] = sum_{n,p,q} x[n, p*s + i*d, q*s + j*d, c] dy[n, p, q, o]`` is a
-    convolution of ``x`` read as ``(C, H, W, N)`` (channels as its batch, images as
-    its features) with ``dy`` as the kernel, whose window is the whole output:
-    window strides the forward's dilation, window dilation its stride. ``x`` is
-    transposed to that layout first: read in place, oneDNN falls back to its
-    reference kernel (1-2 s for one ResNet layer).
-    """
-    kh, kw, cg, o = w_shape
-    og = o // groups
-    pads = []
-    for n, k, s, d, (lo, _), out in zip(window.in_size, (kh, kw), window.stride, window.dilation, window.padding,
-                                       window.out_size):
-        pads.append((lo, (k - 1) * d + (out - 1) * s + 1 - n - lo))
-    x_t = x.transpose(3, 1, 2, 0)  # (C, H, W, N)
-    if any(hi < 0 for _, hi in pads):  # rows no window reads
-        x_t = x_t[:, :x.shape[1] + min(pads[0][1], 0), :x.shape[2] + min(pads[1][1], 0)]
-        pads = [(lo, max(hi, 0)) for lo, hi in pads]
-    specs = ((0, 3, 1, 2), (3, 0, 1, 2), (0, 3, 1, 2))
-    per_group = [conv_general(x_t[g * cg:(g + 1) * cg], dy[..., g * og:(g + 1) * og], window.dilation, tuple(pads),
-                              window.stride, specs, 1) for g in range(groups)]
-    return jnp.concatenate(per_group, axis=-1).transpose(1, 2, 0, 3)  # (C/G, KH, KW, O) -> HWIO
-
-
-# --- proving the custom call once per process --------------------------------------------------
-
-# (x NHWC, w HWIO, stride, padding, dilation, groups): strided, asymmetric and dilated (its last
-# column unread), grouped.
-_PROBES = [
-    ((2, 7, 6, 3), (3, 2, 3, 4), (2, 1), ((1, 0), (2, 1)), (1, 2), 1),
-    ((1, 6, 6, 4), (3, 3, 2, 6), (1, 1), ((1, 1), (0, 2)), (1, 1), 2),
-]
-
-
-def probe() -> bool:
-    """Whether all three passes equal ``lax``'s on the probe cases, in this process.
-
-    A config this XLA reads differently may abort the process while compiling
-    (an uncaught oneDNN error), so :func:`available` runs this in a child process.
-    """
-    rng = np.random.default_rng(0)
-    for x_shape, w_shape, stride, padding, dilation, groups in _PROBES:
-        x, w = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape))
-        window = Window(w_shape[:2], stride, dilation, padding, x_shape[1:3])
-        ref = functools.partial(_lax_conv, strides=stride, padding=padding, dilation=dilation, specs=NHWC_HWIO,
-                                groups=groups)
-        y, vjp = jax.vjp(ref, x, w)
-        dy = rng.standard_normal(y.shape).astype(np.float32)
-        want_dx, want_dw = vjp(dy)
-        got = (jax.jit(onednn_forward, static_argnums=(2, 3))(x, w, window, groups),
-               jax.jit(onednn_grad_input, static_argnums=(2, 3))(dy, w, window, groups),
-               jax.jit(onednn_grad_weight, static_argnums=(2, 3, 4))(x, dy, w_shape, window, groups))
-        for mine, want in zip(got, (y, want_dx, want_dw)):
-            if mine.shape != want.shape or not np.allclose(mine, want, rtol=1e-4, atol=1e-4):
-                return False
-    return True
-
-
-PROBE_CODE = "import sys; from jaxcnn.ops import onednn; sys.exit(0 if onednn.probe() else 1)"
-
-
-def probe_in_subprocess(code: str = PROBE_CODE) -> bool:
-    """Run ``code`` (by default :func:`probe`) in a child Python on the CPU: True iff it exits 0."""
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p))
+def _distribution_dir(distribution: str, marker: str) -> str:
+    """The directory holding ``marker`` (a path suffix) among the files ``distribution`` installed."""
     try:
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        files = importlib.metadata.files(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise BuildError(f"the Python package {distribution!r} is not installed (jaxcnn depends on it on "
+                         "x86-64 Linux; elsewhere oneDNN's kernels are not built)") from None
+    for file in files:
+        path = str(file).replace(os.sep, "/")
+        if path.endswith(marker):
+            return str(file.locate())[: -len(marker)].rstrip("/" + os.sep)
+    raise BuildError(f"the Python package {distribution!r} has no file {marker!r}")
+
+
+def onednn_dirs() -> tuple[str, str]:
+    """``(include_dir, lib_dir)`` of the oneDNN that jaxcnn compiles its kernels against."""
+    return (_distribution_dir(ONEDNN_HEADERS, "oneapi/dnnl/dnnl.hpp"),
+            _distribution_dir(ONEDNN_LIBRARY, "libdnnl.so"))
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise BuildError(f"no C++ compiler {compiler!r} on PATH (set $CXX to one)")
+    return compiler
+
+
+def _compile_command(compiler: str, include_dir: str, lib_dir: str, output: str) -> list[str]:
+    return [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(), "-I", include_dir,
+            SOURCE, "-o", output, f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}"]
+
+
+def library_path() -> str:
+    """Where the compiled kernels live: named by a digest of what they were built from.
+
+    In ``jaxcnn.runtime.cache_dir()``, or a per-process temporary directory where
+    that cache is turned off.
+    """
+    include_dir, lib_dir = onednn_dirs()
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    recipe = repr((_compile_command(_compiler(), include_dir, lib_dir, "-"), jaxlib.__version__,
+                   importlib.metadata.version(ONEDNN_LIBRARY))).encode()
+    digest = hashlib.sha256(source + recipe).hexdigest()[:16]
+    root = runtime.cache_dir() or _process_temp_dir()
+    return os.path.join(root, f"onednn-kernels-{digest}.so")
+
+
+@functools.cache
+def _process_temp_dir() -> str:
+    path = tempfile.mkdtemp(prefix="jaxcnn-onednn-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def build() -> str:
+    """Compile ``onednn_kernels.cc`` unless :func:`library_path` exists already; return that path.
+
+    The compiler writes to a temporary name, renamed into place when done, so
+    processes building at once, or one killed while building, leave either no
+    library or a whole one. Raises :class:`BuildError` with the compiler's output.
+    """
+    path = library_path()
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    include_dir, lib_dir = onednn_dirs()
+    result = subprocess.run(_compile_command(_compiler(), include_dir, lib_dir, tmp), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BuildError(f"compiling {SOURCE} failed:\n{result.stderr[-2000:]}")
+    os.replace(tmp, path)
+    return path
+
+
+def _register(path: str) -> None:
+    import ctypes
+
+    try:
+        library = ctypes.CDLL(path)
+    except OSError as error:
+        raise BuildError(f"loading {path} failed: {error}") from None
+    for target, symbol in HANDLERS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
 
 
 @functools.cache
 def available() -> bool:
-    """Whether this process may use ``__onednn$convolution``: on the CPU, and :func:`probe` passed.
+    """Whether this process runs oneDNN's kernels: on the CPU backend, built (:func:`build`) and registered.
 
-    The probe runs once per machine and software (a few seconds, in a child
-    process) and its verdict is kept in the machine's cache
-    (:func:`jaxcnn.runtime.read_machine_table`, table ``onednn``).
+    Where they cannot be built or loaded, a ``RuntimeWarning`` says why, once per process.
     """
     if jax.default_backend() != "cpu":
         return False
-    verdict = runtime.read_machine_table(MACHINE_TABLE).get("probe", {}).get("passed")
-    if not isinstance(verdict, bool):
-        verdict = probe_in_subprocess()
-        runtime.update_machine_table(MACHINE_TABLE, "probe", "passed", verdict)
-    return verdict
+    try:
+        _register(build())
+    except (BuildError, OSError) as error:
+        warnings.warn(f"jaxcnn: oneDNN's convolution kernels are not used: {error}", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def usable(dtype) -> bool:
-    """Whether ``conv2d_auto`` may compute ``dtype`` convolutions here with oneDNN (float32 on a proven CPU)."""
+    """Whether ``conv2d_auto`` may compute ``dtype`` convolutions here with oneDNN (float32, :func:`available`)."""
     return jnp.dtype(dtype) == jnp.float32 and available()
+
+
+# --- the three passes ---------------------------------------------------------------------------
+
+
+def _lax_forward(x, w, window: Window, groups: int):
+    return lax.conv_general_dilated(x, w, window.stride, window.padding, rhs_dilation=window.dilation,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def _input_shape(dy, w, window: Window, groups: int) -> tuple[int, ...]:
+    return (dy.shape[0], *window.in_size, w.shape[2] * groups)
+
+
+def _lax_grad_input(dy, w, window: Window, groups: int):
+    x = jnp.zeros(_input_shape(dy, w, window, groups), dy.dtype)
+    return jax.vjp(lambda x_: _lax_forward(x_, w, window, groups), x)[1](dy)[0]
+
+
+def _lax_grad_weight(x, dy, w_shape, window: Window, groups: int):
+    w = jnp.zeros(w_shape, x.dtype)
+    return jax.vjp(lambda w_: _lax_forward(x, w_, window, groups), w)[1](dy)[0]
+
+
+def _kernel(target: str, out_shape, a, b, window: Window, groups: int):
+    (lo_h, hi_h), (lo_w, hi_w) = window.padding
+    attribute = np.array([*window.stride, lo_h, hi_h, lo_w, hi_w, *window.dilation, groups], np.int64)
+    out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, window=attribute)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def onednn_forward(x, w, window: Window, groups: int):
+    """NHWC float32 ``x`` convolved with HWIO ``w`` over ``window`` (zero padding): ``(N, OH, OW, O)``."""
+    return _kernel(FORWARD_TARGET, (x.shape[0], *window.out_size, w.shape[3]), x, w, window, groups)
+
+
+@onednn_forward.defjvp
+def _onednn_forward_jvp(window, groups, primals, tangents):
+    (x, w), (dx, dw) = primals, tangents
+    tangent = _lax_forward(dx, w, window, groups) + _lax_forward(x, dw, window, groups)
+    return onednn_forward(x, w, window, groups), tangent
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def onednn_grad_input(dy, w, window: Window, groups: int):
+    """``dx`` of :func:`onednn_forward` for the cotangent ``dy`` ``(N, OH, OW, O)``: ``(N, H, W, C)``."""
+    return _kernel(GRAD_INPUT_TARGET, _input_shape(dy, w, window, groups), dy, w, window, groups)
+
+
+@onednn_grad_input.defjvp
+def _onednn_grad_input_jvp(window, groups, primals, tangents):
+    (dy, w), (d_dy, dw) = primals, tangents
+    tangent = _lax_grad_input(d_dy, w, window, groups) + _lax_grad_input(dy, dw, window, groups)
+    return onednn_grad_input(dy, w, window, groups), tangent
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def onednn_grad_weight(x, dy, w_shape, window: Window, groups: int):
+    """``dW`` of :func:`onednn_forward` for the cotangent ``dy``: ``w_shape``, ``(KH, KW, C/G, O)``."""
+    return _kernel(GRAD_WEIGHT_TARGET, w_shape, x, dy, window, groups)
+
+
+@onednn_grad_weight.defjvp
+def _onednn_grad_weight_jvp(w_shape, window, groups, primals, tangents):
+    (x, dy), (dx, d_dy) = primals, tangents
+    tangent = _lax_grad_weight(dx, dy, w_shape, window, groups) + _lax_grad_weight(x, d_dy, w_shape, window, groups)
+    return onednn_grad_weight(x, dy, w_shape, window, groups), tangent

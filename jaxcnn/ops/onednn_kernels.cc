@@ -1,0 +1,184 @@
+// oneDNN's 2-D convolution passes as XLA FFI handlers on the CPU, for jaxcnn.ops.onednn.
+//
+// Layouts are jaxcnn's: activations NHWC, kernels HWIO (I = C / groups), float32.
+// Each handler takes the window as one int64 array attribute
+//   window = [stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+//             dilation_h, dilation_w, groups]   (dilation 1 = none, as in lax)
+// and reads every other size off its buffers. A primitive is created once per
+// (pass, geometry) and kept: creating one JIT-compiles its kernel (milliseconds).
+// Activations stay NHWC (oneDNN's AVX-512 kernels read it, as PyTorch's
+// channels-last does); the kernel or its gradient is reordered between HWIO and
+// the blocked layout oneDNN picks, a copy of at most a few hundred KiB.
+// Scratchpads are allocated per call (user mode), so concurrent calls from
+// XLA's threads share nothing mutable but the plan cache, which a mutex guards.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+enum Pass : int64_t { kForward = 0, kGradInput = 1, kGradWeight = 2 };
+
+struct Geometry {
+  int64_t n, h, w, c;     // input, NHWC
+  int64_t oh, ow, o;      // output, NHWC
+  int64_t kh, kw;         // kernel taps
+  ffi::Span<const int64_t> window;
+
+  std::vector<int64_t> key(Pass pass) const {
+    std::vector<int64_t> k{pass, n, h, w, c, oh, ow, o, kh, kw};
+    k.insert(k.end(), window.begin(), window.end());
+    return k;
+  }
+  int64_t groups() const { return window[8]; }
+};
+
+struct Plan {
+  dnnl::primitive primitive;
+  memory::desc x_md, y_md;          // NHWC activations (x: input or dx, y: output or dy)
+  memory::desc user_w_md, dnnl_w_md;  // HWIO as jaxcnn stores it; the layout oneDNN chose
+  bool reorder_w = false;
+  dnnl::reorder w_reorder;          // HWIO -> oneDNN's (forward, dx) or back (dW)
+  memory::desc scratch_md;
+};
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// HWIO kernel as oneDNN's (O, I, KH, KW), or (G, O/G, I, KH, KW) when grouped, by strides.
+memory::desc user_weights(const Geometry& g) {
+  const int64_t groups = g.groups(), ig = g.c / groups, og = g.o / groups;
+  const int64_t s_kh = g.kw * ig * g.o, s_kw = ig * g.o;
+  if (groups == 1)
+    return memory::desc({g.o, ig, g.kh, g.kw}, memory::data_type::f32, memory::dims{1, g.o, s_kh, s_kw});
+  return memory::desc({groups, og, ig, g.kh, g.kw}, memory::data_type::f32,
+                      memory::dims{og, 1, g.o, s_kh, s_kw});
+}
+
+std::shared_ptr<Plan> make_plan(Pass pass, const Geometry& g) {
+  auto& engine = cpu_engine();
+  const auto f32 = memory::data_type::f32;
+  auto plan = std::make_shared<Plan>();
+  plan->x_md = memory::desc({g.n, g.c, g.h, g.w}, f32, memory::format_tag::nhwc);
+  plan->y_md = memory::desc({g.n, g.o, g.oh, g.ow}, f32, memory::format_tag::nhwc);
+  plan->user_w_md = user_weights(g);
+  const memory::desc any_w(plan->user_w_md.get_dims(), f32, memory::format_tag::any);
+  const auto& win = g.window;
+  const memory::dims strides{win[0], win[1]}, pad_l{win[2], win[4]}, pad_r{win[3], win[5]};
+  const memory::dims dilation{win[6] - 1, win[7] - 1};  // oneDNN counts the gaps
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const auto algo = dnnl::algorithm::convolution_direct;
+  const auto forward = dnnl::convolution_forward::primitive_desc(
+      engine, dnnl::prop_kind::forward_training, algo, plan->x_md, any_w, plan->y_md, strides, dilation, pad_l,
+      pad_r, attr);
+  if (pass == kForward) {
+    plan->primitive = dnnl::convolution_forward(forward);
+    plan->dnnl_w_md = forward.weights_desc();
+    plan->scratch_md = forward.scratchpad_desc();
+  } else if (pass == kGradInput) {
+    const auto backward = dnnl::convolution_backward_data::primitive_desc(
+        engine, algo, plan->x_md, any_w, plan->y_md, strides, dilation, pad_l, pad_r, forward, attr);
+    plan->primitive = dnnl::convolution_backward_data(backward);
+    plan->dnnl_w_md = backward.weights_desc();
+    plan->scratch_md = backward.scratchpad_desc();
+  } else {
+    const auto backward = dnnl::convolution_backward_weights::primitive_desc(
+        engine, algo, plan->x_md, any_w, plan->y_md, strides, dilation, pad_l, pad_r, forward, attr);
+    plan->primitive = dnnl::convolution_backward_weights(backward);
+    plan->dnnl_w_md = backward.diff_weights_desc();
+    plan->scratch_md = backward.scratchpad_desc();
+  }
+  plan->reorder_w = plan->dnnl_w_md != plan->user_w_md;
+  if (plan->reorder_w) {
+    const bool into_dnnl = pass != kGradWeight;
+    plan->w_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(
+        engine, into_dnnl ? plan->user_w_md : plan->dnnl_w_md, engine,
+        into_dnnl ? plan->dnnl_w_md : plan->user_w_md));
+  }
+  return plan;
+}
+
+std::shared_ptr<Plan> plan_for(Pass pass, const Geometry& g) {
+  static std::mutex mutex;
+  static std::map<std::vector<int64_t>, std::shared_ptr<Plan>> plans;
+  const auto key = g.key(pass);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = plans.find(key);
+  if (found != plans.end()) return found->second;
+  auto plan = make_plan(pass, g);
+  plans.emplace(key, plan);
+  return plan;
+}
+
+// x: the input (forward, dW) or dx (dx); y: the output (forward) or dy (dx, dW); w: the kernel or dW.
+ffi::Error run(Pass pass, const Geometry& g, float* x, float* y, float* w) {
+  if (g.window.size() != 9 || g.groups() < 1 || g.c % g.groups() || g.o % g.groups())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: bad window attribute");
+  try {
+    const auto plan = plan_for(pass, g);
+    auto& engine = cpu_engine();
+    dnnl::stream stream(engine);
+    memory x_mem(plan->x_md, engine, x), y_mem(plan->y_md, engine, y), user_w(plan->user_w_md, engine, w);
+    memory dnnl_w = plan->reorder_w ? memory(plan->dnnl_w_md, engine) : user_w;
+    memory scratch(plan->scratch_md, engine);
+    if (pass != kGradWeight && plan->reorder_w) plan->w_reorder.execute(stream, user_w, dnnl_w);
+    if (pass == kForward)
+      plan->primitive.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, dnnl_w},
+                                       {DNNL_ARG_DST, y_mem}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    else if (pass == kGradInput)
+      plan->primitive.execute(stream, {{DNNL_ARG_DIFF_DST, y_mem}, {DNNL_ARG_WEIGHTS, dnnl_w},
+                                       {DNNL_ARG_DIFF_SRC, x_mem}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    else
+      plan->primitive.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DIFF_DST, y_mem},
+                                       {DNNL_ARG_DIFF_WEIGHTS, dnnl_w}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    if (pass == kGradWeight && plan->reorder_w) plan->w_reorder.execute(stream, dnnl_w, user_w);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("jaxcnn onednn: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+using F32 = ffi::Buffer<ffi::F32, 4>;
+using F32Out = ffi::ResultBuffer<ffi::F32, 4>;
+using Window = ffi::Span<const int64_t>;
+
+ffi::Error forward(F32 x, F32 w, F32Out y, Window window) {
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
+  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window};
+  return run(kForward, g, x.typed_data(), y->typed_data(), w.typed_data());
+}
+
+ffi::Error grad_input(F32 dy, F32 w, F32Out dx, Window window) {
+  auto xd = dx->dimensions(), wd = w.dimensions(), yd = dy.dimensions();
+  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window};
+  return run(kGradInput, g, dx->typed_data(), dy.typed_data(), w.typed_data());
+}
+
+ffi::Error grad_weight(F32 x, F32 dy, F32Out dw, Window window) {
+  auto xd = x.dimensions(), wd = dw->dimensions(), yd = dy.dimensions();
+  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window};
+  return run(kGradWeight, g, x.typed_data(), dy.typed_data(), dw->typed_data());
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnForward, forward,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradInput, grad_input,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradWeight, grad_weight,
+                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
