@@ -35,10 +35,14 @@ import tempfile
 import warnings
 
 import jax
+import jax.custom_batching
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcnn import runtime
 from jaxcnn.ops.im2col import Window
@@ -189,10 +193,63 @@ def _lax_grad_weight(x, dy, w_shape, window: Window, groups: int):
 
 
 def _kernel(target: str, out_shape, a, b, window: Window, groups: int):
+    if not available():
+        raise BuildError("oneDNN's kernels are not available in this process (see the warning above); "
+                         "jaxcnn.ops.onednn.usable(dtype) says where they are")
+    return _batch_partitioned(target, tuple(out_shape), window, groups)(a, b)
+
+
+def _ffi(target: str, out_shape, a, b, window: Window, groups: int):
     (lo_h, hi_h), (lo_w, hi_w) = window.padding
     attribute = np.array([*window.stride, lo_h, hi_h, lo_w, hi_w, *window.dilation, groups], np.int64)
     out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
-    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(a, b, window=attribute)
+    return jax.ffi.ffi_call(target, out)(a, b, window=attribute)
+
+
+# Each kernel's operands are batch-first; Shardy factors: the batch ``b`` only is shared, so a
+# sharding propagates along the batch and nowhere else.
+_SHARDING_RULES = {FORWARD_TARGET: "b h w c, k l i o -> b p q n", GRAD_INPUT_TARGET: "b p q o, k l i n -> b h w c",
+                   GRAD_WEIGHT_TARGET: "b h w c, b p q o -> k l i n"}
+
+
+def _batch_axes(sharding):
+    """The mesh axes sharding an operand's batch (first) dimension, or None."""
+    spec = getattr(sharding, "spec", ())
+    return spec[0] if len(spec) else None
+
+
+@functools.cache
+def _batch_partitioned(target: str, out_shape, window: Window, groups: int):
+    """The kernel as one XLA program partitions it over a batch-sharded mesh (jit data parallelism).
+
+    Each device runs the kernel on its slice of the batch; the weight gradient,
+    a sum over the batch, is then summed over the batch's devices. Without this
+    XLA would gather the whole batch onto every device before the call.
+    """
+    reduces_batch = target == GRAD_WEIGHT_TARGET
+
+    def local(a, b):
+        return _ffi(target, out_shape if reduces_batch else (a.shape[0], *out_shape[1:]), a, b, window, groups)
+
+    def summed_over(axes):
+        return lambda a, b: lax.psum(local(a, b), axes) if reduces_batch and axes is not None else local(a, b)
+
+    def result_sharding(mesh, axes):
+        return NamedSharding(mesh, P() if reduces_batch else P(axes))
+
+    def infer_sharding(mesh, arg_shapes, result_shape):
+        return result_sharding(mesh, _batch_axes(arg_shapes[0].sharding))
+
+    def partition(mesh, arg_shapes, result_shape):
+        axes = _batch_axes(arg_shapes[0].sharding)
+        b_spec = P(axes) if reduces_batch else P()
+        arg_shardings = (NamedSharding(mesh, P(axes)), NamedSharding(mesh, b_spec))
+        return mesh, summed_over(axes), result_sharding(mesh, axes), arg_shardings
+
+    kernel = custom_partitioning(local)
+    kernel.def_partition(infer_sharding_from_operands=infer_sharding, partition=partition,
+                         sharding_rule=_SHARDING_RULES[target])
+    return jax.custom_batching.sequential_vmap(kernel)  # custom_partitioning has no batching rule
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))

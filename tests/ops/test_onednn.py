@@ -152,3 +152,29 @@ def test_float32_without_the_kernels_takes_the_lax_formulation(monkeypatch):
     assert onednn.FORWARD_TARGET not in text
     np.testing.assert_array_equal(autotune.FORWARD["onednn"](x, w, window, groups),
                                   autotune.FORWARD["xla"](x, w, window, groups))
+
+
+@needs_onednn
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices")
+def test_a_batch_sharded_jit_runs_each_kernel_on_its_shard():
+    """Under jit data parallelism each device convolves its own examples: no gather of the batch,
+    and the weight gradient is summed across devices (one all-reduce)."""
+    x, w, dy, window, groups, _ = _case(GEOMETRIES[3])
+    devices = np.array(jax.devices()[:2])
+    mesh = jax.sharding.Mesh(devices, ("data",))
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    xs, dys = jax.device_put(x, batch), jax.device_put(dy, batch)
+    passes = [
+        (lambda a, d: onednn.onednn_forward(a, w, window, groups), autotune._xla_forward(x, w, window, groups)),
+        (lambda a, d: onednn.onednn_grad_input(d, w, window, groups),
+         autotune._xla_grad_input(x, w, dy, window, groups)),
+        (lambda a, d: onednn.onednn_grad_weight(a, d, w.shape, window, groups),
+         autotune._xla_grad_weight(x, w, dy, window, groups)),
+    ]
+    for i, (fn, want) in enumerate(passes):
+        compiled = jax.jit(fn).lower(xs, dys).compile()
+        text = compiled.as_text()
+        assert "all-gather" not in text and ("all-reduce" in text) == (i == 2)
+        got = compiled(xs, dys)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert tuple(got.sharding.spec) == (() if i == 2 else ("data",))
