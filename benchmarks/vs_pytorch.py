@@ -13,9 +13,13 @@ Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
 median of the ratios within each round (so drift in the machine's load cancels),
 with half its interquartile range.
-Both run in one process after ``jaxcnn.runtime.dispatch_cpu_inline()`` and
-``tune_cpu_malloc()`` (what the training loop does on CPU;
-``--async_dispatch`` keeps JAX's default dispatch instead, for comparison).
+PyTorch's training steps run in a child process, one step per request over a
+pipe (~0.05 ms a step): in one process PyTorch's OpenMP threads and those of
+jaxcnn's oneDNN kernels share one libgomp, and PyTorch's steps measured 7-28%
+slower there. Both processes run after ``jaxcnn.runtime.tune_cpu_malloc()``, and
+jaxcnn after ``dispatch_cpu_inline()`` (what the training loop does on CPU;
+``--async_dispatch`` keeps JAX's default dispatch instead, for comparison). The single layers run
+both frameworks in this process.
 Also reported per jaxcnn backend: the time to the first step (tracing,
 autotuning for ``auto``, compiling) and the process's peak resident memory
 after all models ran. jaxcnn's per-machine cache is off unless ``JAXCNN_CACHE_DIR``
@@ -29,6 +33,7 @@ import argparse
 import functools
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -147,6 +152,36 @@ def torch_step(name, batch, shape):
     return run
 
 
+class TorchStepInChild:
+    """:func:`torch_step` in a child process: each call runs one step there and returns its loss."""
+
+    def __init__(self, name, batch, shape):
+        command = [sys.executable, __file__, "--torch_worker", f"{name}:{batch}:{'x'.join(map(str, shape))}"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.version = self.process.stdout.readline().strip()  # "2.13.0+cpu (2 threads)" once torch is ready
+
+    def __call__(self):
+        self.process.stdin.write("step\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def torch_worker(spec: str):
+    """The child's side of :class:`TorchStepInChild`: a step per line read, its loss written back."""
+    import torch
+
+    runtime.tune_cpu_malloc()  # as in jaxcnn's process (PyTorch's steps measured up to 25% faster with it)
+    name, batch, shape = spec.split(":")
+    run = torch_step(name, int(batch), tuple(int(v) for v in shape.split("x")))
+    print(f"{torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
+    for _ in sys.stdin:
+        print(run().item(), flush=True)
+
+
 def per_round_ratio(torch_seconds, jax_seconds) -> str:
     """jaxcnn / PyTorch images/s: the median over rounds of the ratio within each round, and its spread."""
     ratios = [t / j for t, j in zip(torch_seconds, jax_seconds)]
@@ -215,23 +250,25 @@ def main():
     parser.add_argument("--models", default="lenet5,resnet20,resnet50")
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--async_dispatch", action="store_true", help="keep JAX's asynchronous CPU dispatch")
+    parser.add_argument("--torch_worker", help=argparse.SUPPRESS)  # name:batch:HxWxC, run as the PyTorch child
     args = parser.parse_args()
+    if args.torch_worker:
+        return torch_worker(args.torch_worker)
     os.environ.setdefault(runtime.CACHE_DIR_ENV, "")  # plans measured on this machine now, not read back
-    import torch
-
     if not args.async_dispatch:
         runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     backends = args.backends.split(",")
+    children = {name: TorchStepInChild(name, *MODELS[name]) for name in args.models.split(",")}
     print(f"`python {' '.join(sys.argv)}` on {machine()}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)\n")
+          f"torch {next(iter(children.values())).version}, PyTorch's steps in a child process\n")
     print("| model (batch) | PyTorch images/s | " + " | ".join(f"jaxcnn {b} images/s" for b in backends)
           + " | " + " | ".join(f"{b} / PyTorch" for b in backends) + " |")
     print("|---" * (2 + 2 * len(backends)) + "|")
     first_step = {}
     for name in args.models.split(","):
         batch, shape = MODELS[name]
-        cands = {"torch": torch_step(name, batch, shape)}
+        cands = {"torch": children[name]}
         for b in backends:
             cands[b], first_step[name, b] = jax_step(name, batch, shape, b)
         s = side_by_side(cands, rounds=args.rounds, min_time=1.0)
@@ -239,6 +276,7 @@ def main():
         print(f"| {name} ({batch}) | {rate['torch']:,.0f} {spread(s['torch'])} | "
               + " | ".join(f"{rate[b]:,.0f} {spread(s[b])}" for b in backends) + " | "
               + " | ".join(per_round_ratio(s['torch'], s[b]) for b in backends) + " |", flush=True)
+        children[name].close()
     print("\n| model | " + " | ".join(f"{b}: first step s" for b in backends) + " |")
     print("|---" * (1 + len(backends)) + "|")
     for name in args.models.split(","):
@@ -250,7 +288,7 @@ def main():
                 print(f"- `{key}`: {plan['forward']} / {plan['grad_weight']} / {plan['grad_input']}")
         print("(every other conv shape: xla / xla / xla)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"\npeak resident memory of the whole run (all models, both frameworks): {peak:.2f} GiB")
+    print(f"\npeak resident memory of jaxcnn's process (all models): {peak:.2f} GiB")
     if args.skip_layers:
         return
     print("\n| layer (batch 128) | pass | PyTorch ms | " + " | ".join(f"{b} ms" for b in backends) + " |")
