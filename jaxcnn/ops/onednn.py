@@ -1,8 +1,9 @@
 """Convolutions on oneDNN, the library PyTorch's CPU convolutions run on, as XLA FFI kernels.
 
-On this project's 2-core AVX-512 machine oneDNN's kernels for ResNet's 3x3
-layers run the forward 1.4-2.7x, the input gradient 1.5-2.3x and the weight
-gradient 4-6x faster than XLA:CPU's convolutions (``benchmarks/RESULTS.md``).
+On this project's 2-core AVX-512 machine oneDNN's kernels run LeNet-5's and
+ResNet-20's convolutions at PyTorch's speed: the forward 1.4-9x, the input
+gradient 1.4-3x and the weight gradient 1.7-7x faster than XLA:CPU's
+convolutions (``benchmarks/ops.py --only passes``, ``benchmarks/RESULTS.md``).
 This module brings all three passes to JAX: ``onednn_kernels.cc``, beside it,
 defines one XLA FFI handler per pass over jaxcnn's layouts (NHWC activations,
 HWIO kernels, float32, any stride, padding, dilation and group count), and
@@ -19,7 +20,8 @@ or dtype) a plan naming ``"onednn"`` computes lax's values instead, and the
 reason is given once, as a warning. Differentiating a pass (a second derivative
 through ``conv2d_auto``) uses lax convolutions for its tangents: each pass is
 linear in each of its arrays, so every derivative stays exact. Under ``vmap``
-the kernels run once per example.
+the kernels run once per example; under a jit whose batch is sharded over
+devices, each device runs them on its own examples.
 """
 
 from __future__ import annotations
