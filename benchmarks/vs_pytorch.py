@@ -5,7 +5,8 @@
 
 Training step: the same architecture, batch and optimizer (SGD, momentum 0.9,
 cross-entropy) in both frameworks, synthetic data resident in memory; PyTorch runs
-eagerly (zero_grad, forward, backward, step), jaxcnn runs its ``train_step``
+eagerly (zero_grad, forward, backward, step), in its default NCHW layout and in
+channels_last (NHWC, its faster CPU layout for convolutions and BatchNorm), jaxcnn runs its ``train_step``
 compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated.
 Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3) and a
 bottleneck ResNet-50 (batch 16, 64x64x3).
@@ -130,15 +131,20 @@ def torch_models():
     return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50}
 
 
+TORCH_LAYOUTS = ("NCHW", "NHWC")  # PyTorch's default, and channels_last
 MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3))}
 
 
-def torch_step(name, batch, shape):
+def torch_step(name, batch, shape, channels_last=False):
+    """PyTorch's eager training step; ``channels_last`` stores the model and batch NHWC (PyTorch's faster
+    CPU layout for convolutions and BatchNorm; NCHW is its default)."""
     import torch
 
     model = torch_models()[name]()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, shape[2], shape[0], shape[1])
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     y = torch.randint(0, 10, (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -155,8 +161,9 @@ def torch_step(name, batch, shape):
 class TorchStepInChild:
     """:func:`torch_step` in a child process: each call runs one step there and returns its loss."""
 
-    def __init__(self, name, batch, shape):
-        command = [sys.executable, __file__, "--torch_worker", f"{name}:{batch}:{'x'.join(map(str, shape))}"]
+    def __init__(self, name, batch, shape, layout):
+        spec = f"{name}:{batch}:{'x'.join(map(str, shape))}:{layout}"
+        command = [sys.executable, __file__, "--torch_worker", spec]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.version = self.process.stdout.readline().strip()  # "2.13.0+cpu (2 threads)" once torch is ready
 
@@ -175,8 +182,8 @@ def torch_worker(spec: str):
     import torch
 
     runtime.tune_cpu_malloc()  # as in jaxcnn's process (PyTorch's steps measured up to 25% faster with it)
-    name, batch, shape = spec.split(":")
-    run = torch_step(name, int(batch), tuple(int(v) for v in shape.split("x")))
+    name, batch, shape, layout = spec.split(":")
+    run = torch_step(name, int(batch), tuple(int(v) for v in shape.split("x")), channels_last=layout == "NHWC")
     print(f"{torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
     for _ in sys.stdin:
         print(run().item(), flush=True)
@@ -250,7 +257,7 @@ def main():
     parser.add_argument("--models", default="lenet5,resnet20,resnet50")
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--async_dispatch", action="store_true", help="keep JAX's asynchronous CPU dispatch")
-    parser.add_argument("--torch_worker", help=argparse.SUPPRESS)  # name:batch:HxWxC, run as the PyTorch child
+    parser.add_argument("--torch_worker", help=argparse.SUPPRESS)  # name:batch:HxWxC:layout, the PyTorch child
     args = parser.parse_args()
     if args.torch_worker:
         return torch_worker(args.torch_worker)
@@ -259,24 +266,28 @@ def main():
         runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     backends = args.backends.split(",")
-    children = {name: TorchStepInChild(name, *MODELS[name]) for name in args.models.split(",")}
+    children = {(name, layout): TorchStepInChild(name, *MODELS[name], layout)
+                for name in args.models.split(",") for layout in TORCH_LAYOUTS}
     print(f"`python {' '.join(sys.argv)}` on {machine()}, "
-          f"torch {next(iter(children.values())).version}, PyTorch's steps in a child process\n")
-    print("| model (batch) | PyTorch images/s | " + " | ".join(f"jaxcnn {b} images/s" for b in backends)
-          + " | " + " | ".join(f"{b} / PyTorch" for b in backends) + " |")
-    print("|---" * (2 + 2 * len(backends)) + "|")
+          f"torch {next(iter(children.values())).version}, PyTorch's steps in child processes\n")
+    references = [f"PyTorch {layout}" for layout in TORCH_LAYOUTS]
+    print("| model (batch) | " + " | ".join(f"{r} images/s" for r in references) + " | "
+          + " | ".join(f"jaxcnn {b} images/s" for b in backends) + " | "
+          + " | ".join(f"{b} / {r}" for b in backends for r in references) + " |")
+    print("|---" * (1 + len(references) + len(backends) + len(backends) * len(references)) + "|")
     first_step = {}
     for name in args.models.split(","):
         batch, shape = MODELS[name]
-        cands = {"torch": children[name]}
+        cands = {f"PyTorch {layout}": children[name, layout] for layout in TORCH_LAYOUTS}
         for b in backends:
             cands[b], first_step[name, b] = jax_step(name, batch, shape, b)
         s = side_by_side(cands, rounds=args.rounds, min_time=1.0)
         rate = {k: batch / median(v) for k, v in s.items()}
-        print(f"| {name} ({batch}) | {rate['torch']:,.0f} {spread(s['torch'])} | "
-              + " | ".join(f"{rate[b]:,.0f} {spread(s[b])}" for b in backends) + " | "
-              + " | ".join(per_round_ratio(s['torch'], s[b]) for b in backends) + " |", flush=True)
-        children[name].close()
+        print(f"| {name} ({batch}) | "
+              + " | ".join(f"{rate[k]:,.0f} {spread(s[k])}" for k in references + backends) + " | "
+              + " | ".join(per_round_ratio(s[r], s[b]) for b in backends for r in references) + " |", flush=True)
+        for layout in TORCH_LAYOUTS:
+            children[name, layout].close()
     print("\n| model | " + " | ".join(f"{b}: first step s" for b in backends) + " |")
     print("|---" * (1 + len(backends)) + "|")
     for name in args.models.split(","):

@@ -196,6 +196,23 @@ def test_initialising_a_model_measures_nothing(monkeypatch):
     autotune.clear_plans()
 
 
+@pytest.mark.parametrize("plan,stored_apart", [
+    (autotune.ConvPlan("xla", "xla", "xla"), True), (autotune.ConvPlan("onednn", "xla", "onednn"), True),
+    (autotune.ConvPlan("onednn", "onednn", "xla"), onednn.usable(np.float32) is False)])
+def test_a_wide_input_is_stored_apart_unless_onednn_reads_it_in_both_passes(plan, stored_apart):
+    """The identity matmul that stores x for the backward is skipped where oneDNN's kernels read x in the
+    forward and the weight gradient: they take it as one stored buffer already."""
+    window = make_window((6, 6), 3, 1, 1, 1, "test")
+    x, w, dy = np.ones((2, 6, 6, 16), np.float32), np.ones((3, 3, 16, 4), np.float32), np.ones((2, 6, 6, 4), np.float32)
+
+    def train_pass(x, w):
+        y, vjp = jax.vjp(lambda a, b: autotune._conv_planned(a, b, window, 1, plan), x, w)
+        return y, vjp(dy)
+
+    eye = "dot_general" in jax.jit(train_pass).lower(x, w).as_text()  # materialized's identity product
+    assert eye == stored_apart
+
+
 @pytest.mark.parametrize("formulation", ["im2col", "banded"])
 def test_a_matmul_forward_and_weight_gradient_share_one_matrix(formulation):
     """The weight gradient reuses the forward's columns (or bands) instead of building them again from x."""
