@@ -194,10 +194,14 @@ def _lax_grad_weight(x, dy, w_shape, window: Window, groups: int):
     return jax.vjp(lambda w_: _lax_forward(x, w_, window, groups), w)[1](dy)[0]
 
 
-def _kernel(target: str, out_shape, a, b, window: Window, groups: int):
+def _kernel(target: str, out_shape, a, b, window: Window, groups: int, names: tuple[str, str]):
+    for name, array in zip(names, (a, b)):
+        if jnp.dtype(array.dtype) != jnp.float32:
+            raise TypeError(f"{target}: {name} must be float32 (oneDNN's kernels here are float32), got {array.dtype}")
     if not available():
-        raise BuildError("oneDNN's kernels are not available in this process (see the warning above); "
-                         "jaxcnn.ops.onednn.usable(dtype) says where they are")
+        where = ("the CPU backend only" if jax.default_backend() != "cpu"
+                 else "this process only once built (see the warning above)")
+        raise BuildError(f"{target}: oneDNN's kernels run on {where}; jaxcnn.ops.onednn.usable(dtype) says where")
     return _batch_partitioned(target, tuple(out_shape), window, groups)(a, b)
 
 
@@ -257,7 +261,7 @@ def _batch_partitioned(target: str, out_shape, window: Window, groups: int):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def onednn_forward(x, w, window: Window, groups: int):
     """NHWC float32 ``x`` convolved with HWIO ``w`` over ``window`` (zero padding): ``(N, OH, OW, O)``."""
-    return _kernel(FORWARD_TARGET, (x.shape[0], *window.out_size, w.shape[3]), x, w, window, groups)
+    return _kernel(FORWARD_TARGET, (x.shape[0], *window.out_size, w.shape[3]), x, w, window, groups, ("x", "w"))
 
 
 @onednn_forward.defjvp
@@ -270,7 +274,7 @@ def _onednn_forward_jvp(window, groups, primals, tangents):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def onednn_grad_input(dy, w, window: Window, groups: int):
     """``dx`` of :func:`onednn_forward` for the cotangent ``dy`` ``(N, OH, OW, O)``: ``(N, H, W, C)``."""
-    return _kernel(GRAD_INPUT_TARGET, _input_shape(dy, w, window, groups), dy, w, window, groups)
+    return _kernel(GRAD_INPUT_TARGET, _input_shape(dy, w, window, groups), dy, w, window, groups, ("dy", "w"))
 
 
 @onednn_grad_input.defjvp
@@ -283,7 +287,7 @@ def _onednn_grad_input_jvp(window, groups, primals, tangents):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def onednn_grad_weight(x, dy, w_shape, window: Window, groups: int):
     """``dW`` of :func:`onednn_forward` for the cotangent ``dy``: ``w_shape``, ``(KH, KW, C/G, O)``."""
-    return _kernel(GRAD_WEIGHT_TARGET, w_shape, x, dy, window, groups)
+    return _kernel(GRAD_WEIGHT_TARGET, w_shape, x, dy, window, groups, ("x", "dy"))
 
 
 @onednn_grad_weight.defjvp

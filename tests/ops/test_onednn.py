@@ -178,3 +178,12 @@ def test_a_batch_sharded_jit_runs_each_kernel_on_its_shard():
         got = compiled(xs, dys)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         assert tuple(got.sharding.spec) == (() if i == 2 else ("data",))
+
+
+def test_a_wrong_dtype_or_missing_kernels_is_a_clear_error(monkeypatch):
+    x, w, dy, window, groups, _ = _case(GEOMETRIES[0])
+    with pytest.raises(TypeError, match="jaxcnn_onednn_grad_input: dy must be float32 .* got float16"):
+        onednn.onednn_grad_input(dy.astype(np.float16), w, window, groups)
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    with pytest.raises(onednn.BuildError, match="jaxcnn_onednn_forward: oneDNN's kernels run on"):
+        onednn.onednn_forward(x, w, window, groups)
