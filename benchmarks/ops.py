@@ -31,8 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
 from jaxcnn import layers, ops, runtime  # noqa: E402
-from jaxcnn.ops import autotune, onednn  # noqa: E402
-from jaxcnn.ops.banded import band_width  # noqa: E402
+from jaxcnn.ops import autotune  # noqa: E402
 from jaxcnn.ops.im2col import make_window  # noqa: E402
 
 # (name, input NHWC without batch, kernel HWIO, stride, padding)
@@ -86,15 +85,13 @@ def pass_candidates(shape, kernel, stride, padding, batch):
     w = jnp.asarray(rng.standard_normal(kernel) * 0.1, jnp.float32)
     window = make_window(shape[:2], kernel[:2], stride, padding, 1, "benchmark")
     dy = jnp.asarray(rng.standard_normal((batch, *window.out_size, kernel[3])), jnp.float32)
-    skipped = {"banded"} if band_width(window, kernel[3]) == 1 else set()
-    skipped |= set() if onednn.usable(jnp.float32) else {"onednn"}
+    measured = autotune.candidates(window, kernel, jnp.float32, 1)
     out = {}
     for pass_name, table, args in (("forward", autotune.FORWARD, (x, w)), ("dW", autotune.GRAD_WEIGHT, (x, w, dy)),
                                    ("dx", autotune.GRAD_INPUT, (x, w, dy))):
-        for name, fn in table.items():
-            if name not in skipped:
-                f = runtime.jit(functools.partial(fn, window=window, groups=1))
-                out[f"{pass_name} {name}"] = lambda f=f, args=args: f(*args)
+        for name in measured:
+            f = runtime.jit(functools.partial(table[name], window=window, groups=1))
+            out[f"{pass_name} {name}"] = lambda f=f, args=args: f(*args)
     out.update(_torch_pass_candidates(x, w, dy, stride, padding))
     return out
 

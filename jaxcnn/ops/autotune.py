@@ -390,15 +390,10 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
         dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
 
-        # A band one pixel wide computes im2col's products, and oneDNN unproven would be lax's:
-        # neither is worth its compiles.
-        skipped = {"banded"} if _band(window, w_shape, groups) == 1 else set()
-        if not onednn.usable(dtype):
-            skipped.add("onednn")
+        names = candidates(window, w_shape, dtype, groups)
 
         def bind(table):
-            return {name: functools.partial(fn, window=window, groups=groups)
-                    for name, fn in table.items() if name not in skipped}
+            return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
 
         mixed = ConvPlan(
             forward=_fastest(bind(FORWARD), (x, w)),
@@ -407,9 +402,21 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
         )
         # Passes timed alone need not add up: the winners' mix must also beat each whole
         # formulation on the full forward + backward, where XLA fuses across the passes.
-        plans = {plan: None for plan in (mixed, *(ConvPlan(name, name, name) for name in FORWARD
-                                                 if name not in skipped))}
+        plans = {plan: None for plan in (mixed, *(ConvPlan(name, name, name) for name in names))}
         return _fastest({plan: _training_pass(plan, window, groups) for plan in plans}, (x, w, dy))
+
+
+def candidates(window: Window, w_shape, dtype, groups: int) -> list[str]:
+    """The formulations ``conv2d_auto`` measures for this convolution.
+
+    All but ``"banded"`` where its band is one pixel wide (it would compute im2col's
+    products) and ``"onednn"`` where its kernels do not run (it would compute lax's):
+    neither is worth its compiles.
+    """
+    skipped = {"banded"} if _band(window, w_shape, groups) == 1 else set()
+    if not onednn.usable(dtype):
+        skipped.add("onednn")
+    return [name for name in FORWARD if name not in skipped]
 
 
 def _training_pass(plan: ConvPlan, window: Window, groups: int) -> Callable:

@@ -141,7 +141,7 @@ def test_auto_pools_match_lax_and_only_average_pools_measure(kind):
     autotune.clear_plans()
 
 
-ONEDNN = ["onednn"] if onednn.usable(np.float32) else []  # measured only where proven
+ONEDNN = ["onednn"] if onednn.usable(np.float32) else []  # measured only where its kernels run
 
 
 @pytest.mark.parametrize("filters,names", [(16, ["xla", "im2col", "banded", *ONEDNN]),  # bands of 2 pixels
