@@ -58,10 +58,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxcnn import runtime
-from jaxcnn.ops import onednn
+from jaxcnn.ops import lax_passes, onednn
 from jaxcnn.ops import pool as _pool
 from jaxcnn.ops._fusion import materialized
 from jaxcnn.ops.banded import band_width, banded_forward, banded_grad_input, banded_grad_weight, banded_rows
@@ -105,11 +104,7 @@ def all_plans() -> list[ConvPlan]:
 # --- formulations, all over NHWC x, HWIO w, zero padding given by the window ----------------
 
 
-def _xla_forward(x, w, window: Window, groups: int):
-    return lax.conv_general_dilated(
-        x, w, window_strides=window.stride, padding=window.padding, rhs_dilation=window.dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
-    )
+_xla_forward = lax_passes.forward
 
 
 def _im2col_forward(x, w, window, groups):
@@ -117,11 +112,12 @@ def _im2col_forward(x, w, window, groups):
 
 
 def _xla_grad_weight(x, w, dy, window, groups):
-    return jax.vjp(lambda w_: _xla_forward(x, w_, window, groups), w)[1](dy)[0]
+    return lax_passes.grad_weight(x, dy, w.shape, window, groups)
 
 
 def _xla_grad_input(x, w, dy, window, groups):
-    return jax.vjp(lambda x_: _xla_forward(x_, w, window, groups), x)[1](dy)[0]
+    del x
+    return lax_passes.grad_input(dy, w, window, groups)
 
 
 def _im2col_grad_weight(x, w, dy, window, groups):

@@ -27,6 +27,7 @@ devices, each device runs them on its own examples.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import hashlib
 import importlib.metadata
@@ -47,6 +48,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcnn import runtime
+from jaxcnn.ops import lax_passes
 from jaxcnn.ops.im2col import Window
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
@@ -97,17 +99,15 @@ def _compile_command(compiler: str, include_dir: str, lib_dir: str, output: str)
             SOURCE, "-o", output, f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}"]
 
 
-def library_path() -> str:
-    """Where the compiled kernels live: named by a digest of what they were built from.
+def _library_path(command: list[str]) -> str:
+    """Where the kernels compiled by ``command`` live: named by a digest of what they are built from.
 
     In ``jaxcnn.runtime.cache_dir()``, or a per-process temporary directory where
     that cache is turned off.
     """
-    include_dir, lib_dir = onednn_dirs()
     with open(SOURCE, "rb") as f:
         source = f.read()
-    recipe = repr((_compile_command(_compiler(), include_dir, lib_dir, "-"), jaxlib.__version__,
-                   importlib.metadata.version(ONEDNN_LIBRARY))).encode()
+    recipe = repr((command, jaxlib.__version__, importlib.metadata.version(ONEDNN_LIBRARY))).encode()
     digest = hashlib.sha256(source + recipe).hexdigest()[:16]
     root = runtime.cache_dir() or _process_temp_dir()
     return os.path.join(root, f"onednn-kernels-{digest}.so")
@@ -121,19 +121,19 @@ def _process_temp_dir() -> str:
 
 
 def build() -> str:
-    """Compile ``onednn_kernels.cc`` unless :func:`library_path` exists already; return that path.
+    """Compile ``onednn_kernels.cc`` unless this compiler, oneDNN and jaxlib built it already; return the library.
 
     The compiler writes to a temporary name, renamed into place when done, so
     processes building at once, or one killed while building, leave either no
     library or a whole one. Raises :class:`BuildError` with the compiler's output.
     """
-    path = library_path()
+    compiler, (include_dir, lib_dir) = _compiler(), onednn_dirs()
+    path = _library_path(_compile_command(compiler, include_dir, lib_dir, "-"))
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    include_dir, lib_dir = onednn_dirs()
-    result = subprocess.run(_compile_command(_compiler(), include_dir, lib_dir, tmp), capture_output=True, text=True)
+    result = subprocess.run(_compile_command(compiler, include_dir, lib_dir, tmp), capture_output=True, text=True)
     if result.returncode != 0:
         raise BuildError(f"compiling {SOURCE} failed:\n{result.stderr[-2000:]}")
     os.replace(tmp, path)
@@ -141,8 +141,6 @@ def build() -> str:
 
 
 def _register(path: str) -> None:
-    import ctypes
-
     try:
         library = ctypes.CDLL(path)
     except OSError as error:
@@ -173,25 +171,6 @@ def usable(dtype) -> bool:
 
 
 # --- the three passes ---------------------------------------------------------------------------
-
-
-def _lax_forward(x, w, window: Window, groups: int):
-    return lax.conv_general_dilated(x, w, window.stride, window.padding, rhs_dilation=window.dilation,
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
-
-
-def _input_shape(dy, w, window: Window, groups: int) -> tuple[int, ...]:
-    return (dy.shape[0], *window.in_size, w.shape[2] * groups)
-
-
-def _lax_grad_input(dy, w, window: Window, groups: int):
-    x = jnp.zeros(_input_shape(dy, w, window, groups), dy.dtype)
-    return jax.vjp(lambda x_: _lax_forward(x_, w, window, groups), x)[1](dy)[0]
-
-
-def _lax_grad_weight(x, dy, w_shape, window: Window, groups: int):
-    w = jnp.zeros(w_shape, x.dtype)
-    return jax.vjp(lambda w_: _lax_forward(x, w_, window, groups), w)[1](dy)[0]
 
 
 def _kernel(target: str, out_shape, a, b, window: Window, groups: int, names: tuple[str, str]):
@@ -258,40 +237,36 @@ def _batch_partitioned(target: str, out_shape, window: Window, groups: int):
     return jax.custom_batching.sequential_vmap(kernel)  # custom_partitioning has no batching rule
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def onednn_forward(x, w, window: Window, groups: int):
+def _with_lax_tangents(kernel, reference, num_static: int):
+    """``kernel(a, b, *static)``, differentiable: a pass linear in ``a`` and in ``b``, whose tangent is
+    ``reference(da, b, *static) + reference(a, db, *static)`` with ``reference`` the same pass on lax
+    (transposable, so second derivatives are exact)."""
+    fn = jax.custom_jvp(kernel, nondiff_argnums=tuple(range(2, 2 + num_static)))
+
+    def jvp(*args):
+        *static, (a, b), (da, db) = args
+        return fn(a, b, *static), reference(da, b, *static) + reference(a, db, *static)
+
+    fn.defjvp(jvp)
+    return fn
+
+
+def _forward_kernel(x, w, window: Window, groups: int):
     """NHWC float32 ``x`` convolved with HWIO ``w`` over ``window`` (zero padding): ``(N, OH, OW, O)``."""
     return _kernel(FORWARD_TARGET, (x.shape[0], *window.out_size, w.shape[3]), x, w, window, groups, ("x", "w"))
 
 
-@onednn_forward.defjvp
-def _onednn_forward_jvp(window, groups, primals, tangents):
-    (x, w), (dx, dw) = primals, tangents
-    tangent = _lax_forward(dx, w, window, groups) + _lax_forward(x, dw, window, groups)
-    return onednn_forward(x, w, window, groups), tangent
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def onednn_grad_input(dy, w, window: Window, groups: int):
+def _grad_input_kernel(dy, w, window: Window, groups: int):
     """``dx`` of :func:`onednn_forward` for the cotangent ``dy`` ``(N, OH, OW, O)``: ``(N, H, W, C)``."""
-    return _kernel(GRAD_INPUT_TARGET, _input_shape(dy, w, window, groups), dy, w, window, groups, ("dy", "w"))
+    shape = lax_passes.input_shape(dy, w, window, groups)
+    return _kernel(GRAD_INPUT_TARGET, shape, dy, w, window, groups, ("dy", "w"))
 
 
-@onednn_grad_input.defjvp
-def _onednn_grad_input_jvp(window, groups, primals, tangents):
-    (dy, w), (d_dy, dw) = primals, tangents
-    tangent = _lax_grad_input(d_dy, w, window, groups) + _lax_grad_input(dy, dw, window, groups)
-    return onednn_grad_input(dy, w, window, groups), tangent
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def onednn_grad_weight(x, dy, w_shape, window: Window, groups: int):
+def _grad_weight_kernel(x, dy, w_shape, window: Window, groups: int):
     """``dW`` of :func:`onednn_forward` for the cotangent ``dy``: ``w_shape``, ``(KH, KW, C/G, O)``."""
     return _kernel(GRAD_WEIGHT_TARGET, w_shape, x, dy, window, groups, ("x", "dy"))
 
 
-@onednn_grad_weight.defjvp
-def _onednn_grad_weight_jvp(w_shape, window, groups, primals, tangents):
-    (x, dy), (dx, d_dy) = primals, tangents
-    tangent = _lax_grad_weight(dx, dy, w_shape, window, groups) + _lax_grad_weight(x, d_dy, w_shape, window, groups)
-    return onednn_grad_weight(x, dy, w_shape, window, groups), tangent
+onednn_forward = _with_lax_tangents(_forward_kernel, lax_passes.forward, 2)
+onednn_grad_input = _with_lax_tangents(_grad_input_kernel, lax_passes.grad_input, 2)
+onednn_grad_weight = _with_lax_tangents(_grad_weight_kernel, lax_passes.grad_weight, 3)
