@@ -63,6 +63,21 @@ def _all_finite(tree):
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(tree)]))
 
 
+def _updated_if(apply, updated, kept):
+    """``updated()`` where ``apply`` (a scalar bool) holds, else ``kept()``: two pytrees of one structure.
+
+    On the CPU a ``lax.cond``, so the update runs once, unmasked. As a per-leaf
+    ``where`` XLA fuses the predicate (an ``and`` of every gradient's finiteness)
+    and the select into each leaf's update loop, and ResNet-50's optimizer update
+    took 50 of a ~200 ms step (~10 ms as a cond; the step 1.12-1.17x faster).
+    Elsewhere the ``where``: an accelerator's cond would read the predicate back
+    to the host in the middle of every step.
+    """
+    if jax.default_backend() == "cpu":
+        return jax.lax.cond(apply, updated, kept)
+    return jax.tree_util.tree_map(lambda new, old: jnp.where(apply, new, old), updated(), kept())
+
+
 def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTransformation,
                schedule: optax.Schedule, cfg: StepConfig) -> tuple[TrainState, dict]:
     """One optimizer update from one batch: ``(state, batch) -> (state, metrics)``.
@@ -104,13 +119,20 @@ def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTr
     grads_finite = _all_finite(grads)
     loss_finite = jnp.isfinite(loss)
     apply = loss_finite & grads_finite & (state.nonfinite_step < 0)  # after a non-finite loss, freeze
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), new, old)
-    new_ema = state.ema_params
-    if cfg.ema_decay:
-        new_ema = jax.tree_util.tree_map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p,
-                                         state.ema_params, new_params)
+
+    def updated():
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        new_ema = state.ema_params
+        if cfg.ema_decay:
+            new_ema = jax.tree_util.tree_map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p,
+                                             state.ema_params, new_params)
+        return new_params, new_stats, new_opt_state, new_ema
+
+    def kept():
+        return state.params, state.batch_stats, state.opt_state, state.ema_params
+
+    params, batch_stats, opt_state, ema_params = _updated_if(apply, updated, kept)
     failed = ~loss_finite if cfg.dynamic_loss_scale else ~apply
     loss_scale, good_steps = state.loss_scale, state.good_steps
     if cfg.dynamic_loss_scale:
@@ -119,10 +141,7 @@ def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTr
         good_steps = jnp.where(grads_finite & ~grow, good_steps + 1, 0)
     new_state = state.replace(
         step=state.step + 1,
-        params=keep(new_params, state.params),
-        batch_stats=keep(new_stats, state.batch_stats),
-        opt_state=keep(new_opt_state, state.opt_state),
-        ema_params=keep(new_ema, state.ema_params),
+        params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params,
         loss_scale=loss_scale, good_steps=good_steps,
         nonfinite_step=jnp.where(failed & (state.nonfinite_step < 0), state.step, state.nonfinite_step),
     )

@@ -53,6 +53,18 @@ def test_nonfinite_loss_is_recorded_and_leaves_the_state_untouched():
     jax.tree_util.tree_map(np.testing.assert_array_equal, before.params, jax.device_get(state.params))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])  # a cond on the CPU, a per-leaf where elsewhere
+def test_the_update_is_applied_or_skipped_whole(backend, monkeypatch):
+    from jaxcnn.train.steps import _updated_if
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    new = {"w": jnp.arange(6.0).reshape(2, 3), "b": (jnp.ones(3), jnp.asarray(7, jnp.int32))}
+    old = jax.tree_util.tree_map(lambda a: -a - 1, new)
+    pick = jax.jit(lambda apply: _updated_if(apply, lambda: new, lambda: old))
+    for apply, expected in ((True, new), (False, old)):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, pick(jnp.asarray(apply)), expected)
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     batch = _digits_batch()
     _, state_a, step_a = _setup(tx=optax.sgd(0.1))
