@@ -292,21 +292,45 @@ def matmul_forward(x, w, window: Window, groups: int):
     return y.transpose(1, 0, 2).reshape(x.shape[0], *window.out_size, w.shape[3]), cols_g
 
 
+# XLA's CPU matmuls read both operands row-major, contracting the left's last axis with the
+# right's first: any other operand is copied transposed first, and so is a result wanted
+# transposed. The two gradient products each have two orders; each takes the one that moves
+# fewer values (M rows, K = KH*KW*C/G columns, O = O/G filters per group).
+
+
 def matmul_grad_weight(cols_g, dy, w_shape, groups: int):
     """``dW = colsᵀ · dy`` per group, reshaped to HWIO ``w_shape``.
 
-    Computed as ``(dyᵀ · cols)ᵀ``: the matmul then reads ``cols`` in its stored
-    order and only the smaller ``dy`` is transposed (on XLA's CPU backend 1.2-1.9x
-    faster than transposing the im2col matrix).
+    Where rows outnumber filters (early layers: ``M·K > M·O + K·O``) computed as
+    ``(dyᵀ · cols)ᵀ``, which transposes ``dy`` and the small ``dW`` instead of the
+    im2col matrix (on XLA's CPU backend 1.2-1.9x faster); otherwise (late layers:
+    few rows, big filters) as ``colsᵀ · dy``, which transposes only ``cols``
+    (ResNet-50's 3x3 512-filter layers at batch 16: 1.4-2.3x faster).
     """
-    dw_t = jnp.matmul(_group_rows(dy, groups).transpose(0, 2, 1), cols_g)  # (G, O/G, KH*KW*C/G)
-    return _ungroup_weight(dw_t.transpose(0, 2, 1), w_shape)
+    dy_g = _group_rows(dy, groups)
+    (m, k), o = cols_g.shape[1:], dy_g.shape[2]
+    if m * k > m * o + k * o:
+        dw_g = jnp.matmul(dy_g.transpose(0, 2, 1), cols_g).transpose(0, 2, 1)
+    else:
+        dw_g = jnp.matmul(cols_g.transpose(0, 2, 1), dy_g)
+    return _ungroup_weight(dw_g, w_shape)  # (G, KH*KW*C/G, O/G) -> HWIO
 
 
 def matmul_grad_input(dy, w, window: Window, groups: int):
-    """``dx = col2im(dy · Wᵀ)``: the input gradient, NHWC of the unpadded input's shape."""
+    """``dx = col2im(dy · Wᵀ)``: the input gradient, NHWC of the unpadded input's shape.
+
+    Where the filters outnumber the rows (late layers: ``K·O > M·O + M·K``) the
+    product is computed as ``(W · dyᵀ)ᵀ``, transposing ``dy`` and ``dcols``
+    instead of ``W`` (ResNet-50's 3x3 512-filter layers at batch 16: 1.5-2.4x
+    faster).
+    """
     cols_shape = (*dy.shape[:3], *window.kernel_size, w.shape[2] * groups)
-    dcols = jnp.matmul(_group_rows(dy, groups), _group_weight(w, groups).transpose(0, 2, 1))
+    dy_g, w_g = _group_rows(dy, groups), _group_weight(w, groups)
+    (m, o), k = dy_g.shape[1:], w_g.shape[1]
+    if k * o > m * o + m * k:
+        dcols = jnp.matmul(w_g, dy_g.transpose(0, 2, 1)).transpose(0, 2, 1)
+    else:
+        dcols = jnp.matmul(dy_g, w_g.transpose(0, 2, 1))
     return unpatches(_ungroup_cols(dcols, cols_shape), window)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from jaxcnn import ops
 from tests.ops import reference as ref
-from tests.ops.helpers import assert_close, randn
+from tests.ops.helpers import assert_close, loop_reference_case, randn
 
 X54 = np.arange(54, dtype=np.float32).reshape(2, 3, 3, 3)  # (N, C, H, W)
 
@@ -120,6 +120,27 @@ def test_im2col_matches_loop_reference(case, seed):
         c = x.shape[-1]
         cols = cols.reshape(len(cols), *kw["kernel_size"], c).transpose(0, 3, 1, 2).reshape(len(cols), -1)
     np.testing.assert_array_equal(cols, expected)
+
+
+# (x NCHW, w OIHW, stride, padding pairs, dilation, groups): the gradient's products take each of
+# their two orders. Many rows, few filters: dW as (dyᵀ·cols)ᵀ, dx as dy·Wᵀ. Few rows, many filters
+# (ResNet's late layers): dW as colsᵀ·dy, dx as (W·dyᵀ)ᵀ.
+BOTH_PRODUCT_ORDERS = [
+    ((2, 3, 6, 6), (4, 3, 3, 3), (1, 1), ((0, 0), (0, 0)), (1, 1), 1),
+    ((1, 16, 2, 2), (32, 16, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+    ((1, 16, 3, 3), (32, 8, 3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1), 2),
+]
+
+
+@pytest.mark.parametrize("geometry", BOTH_PRODUCT_ORDERS)
+def test_gradient_in_either_product_order_matches_loop_reference(geometry):
+    (x, w, dy), (_, dx_ref, dw_ref) = loop_reference_case(geometry)
+    stride, pads, _, groups = geometry[2:]
+    conv = lambda x_, w_: ops.conv2d_im2col(x_, w_, stride=stride, padding=pads, groups=groups, data_format="NCHW")
+    _, vjp = jax.vjp(conv, x, w)
+    dx, dw = jax.jit(vjp)(dy)
+    assert_close(dx, dx_ref, err_msg="dx")
+    assert_close(dw, dw_ref, err_msg="dw")
 
 
 def _plain_im2col_conv(x, w, b, padding, stride):
