@@ -62,7 +62,7 @@ def _plain_batch_norm(x, scale, bias):
     return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
 
 
-@pytest.mark.parametrize("shape", [(4, 8, 8, 16), (2, 7, 5, 3)])
+@pytest.mark.parametrize("shape", [(4, 8, 8, 16), (2, 7, 5, 3), (3, 3, 2, 128)])  # wide view, none, sums as products
 def test_batch_norm_gradient_matches_float64_autodiff(shape):
     """batch_norm's closed-form gradient, through the statistics, against autodiff in float64."""
     rng = np.random.default_rng(2)
