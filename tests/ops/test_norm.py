@@ -85,11 +85,12 @@ def test_batch_norm_gradient_matches_float64_autodiff(shape):
 
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices")
-@pytest.mark.parametrize("check_vma", [True, False])
-def test_batch_norm_over_a_mapped_axis_has_the_whole_batch_gradient(check_vma):
+@pytest.mark.parametrize("check_vma,channels", [(True, 8), (False, 8), (True, 128)])  # 128: sums as products
+def test_batch_norm_over_a_mapped_axis_has_the_whole_batch_gradient(check_vma, channels):
     """Statistics averaged over an axis: the mapped gradient equals the whole batch's (cross-shard terms included)."""
     rng = np.random.default_rng(4)
-    x, scale, bias, dy = (randn(rng, s) for s in [(8, 4, 4, 8), (8,), (8,), (8, 4, 4, 8)])
+    c = channels
+    x, scale, bias, dy = (randn(rng, s) for s in [(8, 4, 4, c), (c,), (c,), (8, 4, 4, c)])
     mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
 
     def shard(xs, scale, bias, dys):
