@@ -421,7 +421,10 @@ def candidates(window: Window, w_shape, dtype, groups: int) -> list[str]:
 
 
 def _forward_and_grad_weight(forward: str, grad_weight: str, window: Window, groups: int) -> Callable:
-    """The forward and the weight gradient of a plan, as a training step runs them (input stored as planned)."""
+    """The forward and the weight gradient of a plan, as a training step runs them (input stored as planned).
+
+    Differentiated for ``w`` only, so the plan's input gradient is dead code, removed by the jit.
+    """
     plan = ConvPlan(forward, grad_weight)
 
     def run(x, w, dy):
