@@ -11,7 +11,8 @@ HWIO kernels, float32, any stride, padding, dilation and group count), and
 C++ compiler against oneDNN from PyPI (``onednn-cpu-gomp`` and its headers,
 ``onednn-devel-cpu-gomp``: dependencies of jaxcnn on x86-64 Linux) and XLA's
 FFI headers from jaxlib, keeps the library in jaxcnn's cache directory, and
-registers the handlers.
+registers the handlers. One more handler, :func:`stored`, returns its input
+as it is (aliased): a value XLA cannot fuse into its consumers.
 
 ``conv2d_auto`` measures the ``"onednn"`` formulation of each pass beside the
 others where :func:`usable` says so: float32 on the CPU, the kernels built.
@@ -56,8 +57,9 @@ ONEDNN_LIBRARY, ONEDNN_HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # P
 # FFI target name -> the handler symbol onednn_kernels.cc exports.
 FORWARD_TARGET, GRAD_INPUT_TARGET, GRAD_WEIGHT_TARGET = (
     "jaxcnn_onednn_forward", "jaxcnn_onednn_grad_input", "jaxcnn_onednn_grad_weight")
+STORED_TARGET = "jaxcnn_stored"
 HANDLERS = {FORWARD_TARGET: "JaxcnnOnednnForward", GRAD_INPUT_TARGET: "JaxcnnOnednnGradInput",
-            GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight"}
+            GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight", STORED_TARGET: "JaxcnnStored"}
 
 
 class BuildError(RuntimeError):
@@ -160,7 +162,8 @@ def available() -> bool:
     try:
         _register(build())
     except (BuildError, OSError) as error:
-        warnings.warn(f"jaxcnn: oneDNN's convolution kernels are not used: {error}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"jaxcnn: its FFI kernels (oneDNN's convolutions, the stored-value barrier) are not used: "
+                      f"{error}", RuntimeWarning, stacklevel=2)
         return False
     return True
 
@@ -270,3 +273,61 @@ def _grad_weight_kernel(x, dy, w_shape, window: Window, groups: int):
 onednn_forward = _with_lax_tangents(_forward_kernel, lax_passes.forward, 2)
 onednn_grad_input = _with_lax_tangents(_grad_input_kernel, lax_passes.grad_input, 2)
 onednn_grad_weight = _with_lax_tangents(_grad_weight_kernel, lax_passes.grad_weight, 3)
+
+
+# --- a value stored as it is --------------------------------------------------------------------
+
+
+@jax.custom_jvp
+def stored(x):
+    """``x`` itself, as the output of an FFI call that aliases its input: exact for every value, and free.
+
+    XLA never fuses a custom call, so the elementwise chain that produces ``x``
+    runs once, into ``x``'s buffer, instead of again inside each consumer that
+    reads ``x``; and the producer's loop runs over ``x``'s shape (see
+    ``jaxcnn.ops._fusion``). Any dtype and shape. Its tangent is the input's
+    tangent as is; it has no transpose, so it is not for values autodiff
+    transposes (a tangent inside a JVP rule). Under ``vmap`` the batched array is
+    stored whole; under a jit that shards ``x``, each device stores its own shard.
+    Not under ``shard_map`` for an ``x`` that varies over its axes (the call's
+    result would not). Requires :func:`available`.
+    """
+    if not available():
+        raise BuildError(f"{STORED_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, once built")
+    return _stored_batched(x)
+
+
+@stored.defjvp
+def _stored_jvp(primals, tangents):
+    return stored(primals[0]), tangents[0]
+
+
+@jax.custom_batching.custom_vmap
+def _stored_batched(x):
+    return _stored_partitioned(x.ndim)(x)
+
+
+@_stored_batched.def_vmap
+def _stored_vmap(axis_size, in_batched, x):
+    return _stored_batched(x), in_batched[0]  # elementwise: the batched array is stored whole
+
+
+@functools.cache
+def _stored_partitioned(ndim: int):
+    """The aliased FFI call, partitioned as its operand is (each device stores its own shard)."""
+
+    def local(x):
+        return jax.ffi.ffi_call(STORED_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype), input_output_aliases={0: 0})(x)
+
+    def infer_sharding(mesh, arg_shapes, result_shape):
+        return arg_shapes[0].sharding
+
+    def partition(mesh, arg_shapes, result_shape):
+        sharding = arg_shapes[0].sharding
+        return mesh, local, sharding, (sharding,)
+
+    factors = " ".join(f"d{i}" for i in range(ndim))
+    kernel = custom_partitioning(local)
+    kernel.def_partition(infer_sharding_from_operands=infer_sharding, partition=partition,
+                         sharding_rule=f"{factors} -> {factors}")
+    return kernel

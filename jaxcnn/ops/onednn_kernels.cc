@@ -1,4 +1,5 @@
-// oneDNN's 2-D convolution passes as XLA FFI handlers on the CPU, for jaxcnn.ops.onednn.
+// oneDNN's 2-D convolution passes as XLA FFI handlers on the CPU, for jaxcnn.ops.onednn,
+// and a handler that stores a value as it is (jaxcnn.ops.onednn.stored).
 //
 // Layouts are jaxcnn's: activations NHWC, kernels HWIO (I = C / groups), float32.
 // Each handler takes the window as one int64 array attribute
@@ -13,6 +14,7 @@
 // XLA's threads share nothing mutable but the plan cache, which a mutex guards.
 
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -174,6 +176,13 @@ ffi::Error grad_weight(F32 x, F32 dy, F32Out dw, Window window) {
   return run(kGradWeight, g, x.typed_data(), dy.typed_data(), dw->typed_data());
 }
 
+// The output aliases the input (input_output_aliases), so there is nothing to do: the call only
+// keeps XLA from fusing the producer into the value's consumers. Copies where not aliased.
+ffi::Error stored(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (x.untyped_data() != y->untyped_data()) std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnForward, forward,
@@ -182,3 +191,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradInput, grad_input,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradWeight, grad_weight,
                               ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnStored, stored, ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
