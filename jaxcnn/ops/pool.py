@@ -29,7 +29,7 @@ import numpy as np
 from jax import lax
 
 from jaxcnn.ops import _checks
-from jaxcnn.ops._fusion import materialized
+from jaxcnn.ops._fusion import transposable_materialized
 from jaxcnn.ops.conv import conv_output_size
 from jaxcnn.ops.im2col import Window, from_channels_last, patches, tap_slices, to_channels_last
 from jaxcnn.ops.padding import Pairs, normalize_padding
@@ -156,7 +156,7 @@ def _window_max_jvp(spec: PoolSpec, primals, tangents):
     # Transposed, this stores the incoming cotangent; left to XLA's CPU fusion its
     # producer (an im2col input gradient, say) re-ran inside every tap's pad:
     # LeNet-5's auto step ran at half speed.
-    y_dot = materialized(y_dot)
+    y_dot = transposable_materialized(y_dot)
     return y, from_channels_last(y_dot.astype(y.dtype), channels_last)
 
 

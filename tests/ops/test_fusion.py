@@ -1,4 +1,7 @@
-"""jaxcnn.ops._fusion: values stored once (an identity matmul on the CPU) change nothing but where they live."""
+"""jaxcnn.ops._fusion: values stored once (an aliased FFI call, or an identity matmul, on the CPU) change
+nothing but where they live and the shape XLA's loops run over."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -6,17 +9,76 @@ import numpy as np
 import pytest
 
 from jaxcnn import ops
-from jaxcnn.ops._fusion import materialized
+from jaxcnn.ops import _fusion, onednn
+from jaxcnn.ops._fusion import materialized, transposable_materialized, wide_stored
+
+needs_stored = pytest.mark.skipif(not _fusion._stores_free(jnp.ones(())), reason="jaxcnn's FFI kernels could not be built here")
 
 
+def _extreme_values(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal(shape) * np.exp(rng.uniform(-20, 20, shape)), dtype)
+
+
+@pytest.mark.parametrize("store", [materialized, transposable_materialized])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_the_materialized_residual_is_exactly_the_input(dtype):
-    """The identity matmul that stores the backward's copy of x changes no value."""
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((2, 5, 4, 7)) * np.exp(rng.uniform(-20, 20, (2, 5, 4, 7)))
-    x = jnp.asarray(x, dtype)
-    np.testing.assert_array_equal(np.asarray(jax.jit(materialized)(x), np.float32),
-                                  np.asarray(x, np.float32))
+def test_the_materialized_value_is_exactly_the_input(dtype, store):
+    """Either way of storing x (the FFI call, the identity matmul) changes no value."""
+    x = _extreme_values((2, 5, 4, 7), dtype, 6)
+    np.testing.assert_array_equal(np.asarray(jax.jit(store)(x), np.float32), np.asarray(x, np.float32))
+
+
+def test_a_transposed_tangent_is_stored_by_the_identity_matmul():
+    """The max pool's JVP rule stores its tangent; its gradient, the transpose, stores the cotangent."""
+    x = _extreme_values((2, 4, 4, 16), jnp.float32, 5)
+    grad = jax.jit(jax.grad(lambda v: jnp.sum(transposable_materialized(v) ** 2)))
+    np.testing.assert_array_equal(grad(x), 2 * x)
+    text = jax.jit(jax.grad(lambda v: jnp.sum(ops.max_pool2d(v, 2) ** 2))).lower(x).as_text()
+    assert text.count("dot_general") == 1
+
+
+@needs_stored
+def test_the_stored_value_is_exact_for_every_value_and_free():
+    """Infinities and NaNs too (the identity matmul would spread a NaN over its row), with no copy: the FFI
+    call's output aliases the fusion that computes it, and that fusion's loop runs over rows of 128."""
+    x = jnp.asarray(np.array([1.5, -0.0, np.inf, -np.inf, np.nan, 3e38, 1e-45, -2.0] * 512, np.float32)
+                    .reshape(2, 8, 16, 16))
+    np.testing.assert_array_equal(np.asarray(jax.jit(wide_stored)(x)), np.asarray(x))
+    text = jax.jit(lambda v: wide_stored(jnp.maximum(v, 0) * 2)).lower(x).compile().as_text()
+    call = next(line for line in text.splitlines() if onednn.STORED_TARGET in line)
+    assert "output_to_operand_aliasing" in call and "f32[32,128]" in call
+    assert not re.search(r"\bcopy\(", text.split("ENTRY")[1])
+
+
+@needs_stored
+def test_the_stored_value_differentiates_and_vmaps_as_the_identity():
+    x = _extreme_values((3, 4, 16), jnp.float32, 8)
+    x = jnp.clip(x, -1e3, 1e3)
+    np.testing.assert_array_equal(jax.grad(lambda v: jnp.sum(wide_stored(v ** 2)))(x), 2 * x)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(lambda v: wide_stored(v * 3)))(x), x * 3)
+    np.testing.assert_array_equal(jax.jit(jax.jacfwd(lambda v: wide_stored(v).sum()))(x[0]), np.ones((4, 16)))
+
+
+@needs_stored
+@pytest.mark.skipif(jax.device_count() < 2, reason="needs 2 devices")
+def test_a_batch_sharded_value_is_stored_shard_by_shard():
+    """Under jit data parallelism each device stores its own examples: no gather, the sharding kept."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    x = jax.device_put(_extreme_values((4, 6, 6, 16), jnp.float32, 9), batch)
+    compiled = jax.jit(lambda v: wide_stored(jnp.maximum(v, 0))).lower(x).compile()
+    assert "all-gather" not in compiled.as_text() and "all-to-all" not in compiled.as_text()
+    y = compiled(x)
+    np.testing.assert_array_equal(np.asarray(y), np.maximum(np.asarray(x), 0))
+    assert tuple(y.sharding.spec)[:1] == ("data",)
+
+
+def test_off_the_cpu_or_without_the_kernels_wide_stored_is_the_value_itself(monkeypatch):
+    x = jnp.ones((2, 4, 4, 16))
+    monkeypatch.setattr(_fusion, "_stores_free", lambda v: False)
+    assert "custom_call" not in jax.jit(wide_stored).lower(x).as_text()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert materialized(x) is x
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
