@@ -44,6 +44,21 @@ def test_wide_view_folds_rows_of_one_example_only():
     assert norm._blocks(jnp.zeros((2, 2, 2, 160))) == 1
 
 
+@pytest.mark.parametrize("k", [1, 2, 8])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_per_channel_vectors_are_tiled_exactly(k, dtype):
+    """The 0/1 product that tiles a wide view's per-channel vectors repeats them bit for bit, and its
+    float32 gradient sums the k copies, as jnp.tile's does."""
+    v = jnp.asarray(np.random.default_rng(3).standard_normal((3, 6)) * np.exp(np.arange(6) * 7.0 - 20), dtype)
+    np.testing.assert_array_equal(np.asarray(jax.jit(norm._tiled, static_argnums=1)(v, k), np.float32),
+                                  np.asarray(jnp.tile(v, k), np.float32))
+    v32 = v.astype(jnp.float32)
+    g = jnp.arange(3 * 6 * k, dtype=jnp.float32).reshape(3, 6 * k)
+    ours = jax.vjp(lambda a: norm._tiled(a, k), v32)[1](g)[0]
+    theirs = jax.vjp(lambda a: jnp.tile(a, k), v32)[1](g)[0]
+    np.testing.assert_array_equal(ours, theirs)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_batch_moments_and_normalize(shape):
     rng = np.random.default_rng(1)
