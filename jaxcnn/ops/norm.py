@@ -32,7 +32,6 @@ Its input gradient, which a convolution's two backward passes read, is
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import jax
@@ -40,22 +39,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn.ops._checks import float_array
-from jaxcnn.ops._fusion import WIDE_ROW, wide_stored
+from jaxcnn.ops._fusion import WIDE_ROW, wide_blocks, wide_stored
 
 
 def _blocks(x) -> int:
-    """How many consecutive rows of ``x`` the wide view puts side by side (1 off the CPU).
-
-    ``k`` divides the rows of one example (``H*W``), so the view never joins rows
-    of two examples: a batch sharded across devices stays sharded the same way.
-    """
-    c = x.shape[-1]
-    rows_per_example = math.prod(x.shape[1:-1])
-    k = 1
-    if jax.default_backend() == "cpu":
-        while 2 * k * c <= WIDE_ROW and rows_per_example % (2 * k) == 0:
-            k *= 2
-    return k
+    """How many consecutive rows of ``x`` the wide view puts side by side (:func:`wide_blocks`; 1 off the CPU)."""
+    return wide_blocks(x) if jax.default_backend() == "cpu" else 1
 
 
 def _wide(x, k):
