@@ -199,7 +199,8 @@ def _conv_planned_fwd(x, w, window, groups, plan):
 def _stores_input_apart(x, plan: ConvPlan) -> bool:
     """Whether the backward's ``x`` is :func:`materialized`: wide inputs, unless oneDNN reads ``x`` in both
     passes that read it (the forward and the weight gradient), whose kernels already take it as one stored
-    buffer, so the extra pass would only copy it (ResNet-20: ~20 ms of a ~140 ms step)."""
+    buffer (where the store is the identity matmul, that pass only copied it: ResNet-20, ~20 ms of a
+    ~140 ms step)."""
     if x.shape[-1] < MATERIALIZED_FROM_CHANNELS:
         return False
     return not (plan.forward == plan.grad_weight == "onednn" and onednn.usable(x.dtype))

@@ -10,7 +10,7 @@ sum takes 0.9 ms.
 Every function here works on that view on the CPU: sums fold the ``k`` blocks
 at the end, and per-channel vectors are tiled ``k`` times before they are
 broadcast, so the reductions autodiff makes of those broadcasts are wide too
-(a BatchNorm + ReLU training pass: 2.0-3.6x faster than ``flax.linen.BatchNorm``
+(a BatchNorm + ReLU training pass: 2.7-9x faster than ``flax.linen.BatchNorm``
 on ResNet-20's and ResNet-50's shapes, ``benchmarks/ops.py``). The tiling is a
 product with a 0/1 matrix, stored once: tiled inside the elementwise pass, its
 index arithmetic ran for every value (ResNet-20's normalise + ReLU of
