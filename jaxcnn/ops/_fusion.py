@@ -45,13 +45,14 @@ def _rows(x):
     return x.reshape(-1, wide_blocks(x) * (x.shape[-1] if x.ndim else 1))
 
 
-def _stores_free(x) -> bool:
-    """Whether :func:`jaxcnn.ops.onednn.stored` takes ``x`` here: the CPU backend, jaxcnn's FFI kernels
-    built, and ``x`` not varying over ``shard_map`` axes."""
+def _stored_kernel(x):
+    """:func:`jaxcnn.ops.onednn.stored` where it takes ``x`` here (the CPU backend, jaxcnn's FFI kernels
+    built, ``x`` not varying over ``shard_map`` axes), else None."""
     from jaxcnn.ops import onednn  # here, not above: onednn imports im2col, which imports norm, which imports this
 
-    return (jax.default_backend() == "cpu" and not jax.typeof(x).manual_axis_type.varying
-            and onednn.available())
+    if jax.default_backend() == "cpu" and not jax.typeof(x).manual_axis_type.varying and onednn.available():
+        return onednn.stored
+    return None
 
 
 def wide_stored(x):
@@ -65,11 +66,8 @@ def wide_stored(x):
     two passes). Elsewhere (and under ``shard_map`` for a value that varies over
     its axes) ``x`` as is.
     """
-    if not _stores_free(x):
-        return x
-    from jaxcnn.ops import onednn
-
-    return onednn.stored(_rows(x)).reshape(x.shape)
+    store = _stored_kernel(x)
+    return x if store is None else store(_rows(x)).reshape(x.shape)
 
 
 def materialized(x):
@@ -80,9 +78,7 @@ def materialized(x):
     transposes (the FFI call has no transpose): that takes
     :func:`transposable_materialized`. On other backends ``x`` as is.
     """
-    if _stores_free(x):
-        return wide_stored(x)
-    return transposable_materialized(x)
+    return wide_stored(x) if _stored_kernel(x) else transposable_materialized(x)
 
 
 def transposable_materialized(x):

@@ -12,7 +12,8 @@ from jaxcnn import ops
 from jaxcnn.ops import _fusion, onednn
 from jaxcnn.ops._fusion import materialized, transposable_materialized, wide_stored
 
-needs_stored = pytest.mark.skipif(not _fusion._stores_free(jnp.ones(())), reason="jaxcnn's FFI kernels could not be built here")
+needs_stored = pytest.mark.skipif(_fusion._stored_kernel(jnp.ones(())) is None,
+                                  reason="jaxcnn's FFI kernels could not be built here")
 
 
 def _extreme_values(shape, dtype, seed):
@@ -75,7 +76,7 @@ def test_a_batch_sharded_value_is_stored_shard_by_shard():
 
 def test_off_the_cpu_or_without_the_kernels_wide_stored_is_the_value_itself(monkeypatch):
     x = jnp.ones((2, 4, 4, 16))
-    monkeypatch.setattr(_fusion, "_stores_free", lambda v: False)
+    monkeypatch.setattr(_fusion, "_stored_kernel", lambda v: None)
     assert "custom_call" not in jax.jit(wide_stored).lower(x).as_text()
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert materialized(x) is x
