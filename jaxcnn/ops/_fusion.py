@@ -40,9 +40,14 @@ def wide_blocks(x) -> int:
     return k
 
 
+def wide_view(x, k: int):
+    """``(..., C) -> (M/k, k*C)``: ``k`` consecutive rows of channels side by side."""
+    return x.reshape(-1, k * (x.shape[-1] if x.ndim else 1))
+
+
 def _rows(x):
-    """``x`` as its wide view: rows of ``k*C`` values (:func:`wide_blocks`)."""
-    return x.reshape(-1, wide_blocks(x) * (x.shape[-1] if x.ndim else 1))
+    """``x`` as its wide view (:func:`wide_blocks`)."""
+    return wide_view(x, wide_blocks(x))
 
 
 def _stored_kernel(x):
