@@ -77,27 +77,31 @@ def make_window(spatial, kernel_size, stride, padding, dilation, fn: str) -> Win
     return Window(kernel_size, stride, dilation, pads, tuple(int(n) for n in spatial))
 
 
-def _padded(x, window: Window, pad_value: float):
-    """Channels-last ``x`` padded by ``window.padding`` with ``pad_value`` (as is if unpadded)."""
+def _padded(x, window: Window, pad_value: float, channels_last: bool = True):
+    """``x`` padded by ``window.padding`` with ``pad_value`` (as is if unpadded)."""
     if not any(map(any, window.padding)):
         return x
-    return jnp.pad(x, [(0, 0), *window.padding, (0, 0)], constant_values=pad_value)
+    first = 1 if channels_last else 2
+    pads = [(0, 0)] * x.ndim
+    pads[first:first + len(window.padding)] = window.padding
+    return jnp.pad(x, pads, constant_values=pad_value)
 
 
-def tap_slices(x, window: Window, pad_value: float = 0.0) -> list:
-    """One strided slice of the padded channels-last ``x`` per kernel tap, each ``(N, *O, C)``.
+def tap_slices(x, window: Window, pad_value: float = 0.0, channels_last: bool = True) -> list:
+    """One strided slice of the padded ``x`` per kernel tap, each ``(N, *O, C)`` (``(N, C, *O)`` for a
+    channels-first ``x``).
 
     Tap ``(i, j)``'s slice holds, for every output pixel, the input value that
     kernel entry ``(i, j)`` multiplies; taps are in row-major kernel order.
     """
-    xp = _padded(x, window, pad_value)
-    n, c = x.shape[0], x.shape[-1]
-    out, stride = window.out_size, window.stride
+    xp = _padded(x, window, pad_value, channels_last)
+    first = 1 if channels_last else 2
     taps = []
     for tap in itertools.product(*map(range, window.kernel_size)):
-        start = [t * d for t, d in zip(tap, window.dilation)]
-        limit = [a + (o - 1) * s + 1 for a, o, s in zip(start, out, stride)]
-        taps.append(lax.slice(xp, (0, *start, 0), (n, *limit, c), (1, *stride, 1)))
+        start, limit, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+        for axis, t, d, o, s in zip(range(first, xp.ndim), tap, window.dilation, window.out_size, window.stride):
+            start[axis], limit[axis], strides[axis] = t * d, t * d + (o - 1) * s + 1, s
+        taps.append(lax.slice(xp, start, limit, strides))
     return taps
 
 

@@ -52,6 +52,21 @@ def test_the_stored_value_is_exact_for_every_value_and_free():
 
 
 @needs_stored
+def test_an_overlapping_max_pool_stores_the_index_of_each_windows_maximum():
+    """Its gradient reads each window's first-maximum index once per window holding an input; stored, the
+    index (u8) is computed once. Disjoint windows read it once and do not store it."""
+    x = _extreme_values((2, 8, 8, 16), jnp.float32, 4)
+
+    def stored_dtypes(**kw):
+        text = jax.jit(jax.grad(lambda v: jnp.sum(ops.max_pool2d(v, **kw) ** 2))).lower(x).compile().as_text()
+        return [line.split("=")[1].split("[")[0].strip() for line in text.splitlines()
+                if onednn.STORED_TARGET in line and "custom-call(" in line]
+
+    assert "u8" in stored_dtypes(kernel_size=3, stride=2, padding=1)
+    assert "u8" not in stored_dtypes(kernel_size=2)
+
+
+@needs_stored
 def test_the_stored_value_differentiates_and_vmaps_as_the_identity():
     x = _extreme_values((3, 4, 16), jnp.float32, 8)
     x = jnp.clip(x, -1e3, 1e3)
