@@ -1,6 +1,7 @@
 """Max, average, power-average and global pooling with PyTorch's semantics.
 
-The ``lax.reduce_window`` forms are the fast path; ``max_pool2d_im2col`` and
+The window reductions (``lax.reduce_window``, or on the CPU where windows overlap a
+fold over the kernel taps' slices) are the fast path; ``max_pool2d_im2col`` and
 ``avg_pool2d_im2col`` compute the same results as a reduction over the rows of
 the im2col matrix, for teaching and cross-checking.
 
@@ -120,7 +121,7 @@ def _tap_fold(x, spec: PoolSpec, init, op):
     (3x3/2 max pool of 128x13x13x256: 3.9-4.9 against 0.5 ms; 3x3/1 of
     128x16x16x192: 13 against 7.4) and GoogLeNet's step 1.15-1.18x longer. Over
     disjoint windows the fold is faster alone but not in a step (LeNet-5's 2x2
-    pools: step 0.94-0.99x), so those keep ``reduce_window``.
+    pools: step 0.88-0.99x), so those keep ``reduce_window``.
     """
     return functools.reduce(op, tap_slices(x, spec.window, init, spec.channels_last))
 
@@ -151,7 +152,7 @@ def _first_max(x, spec: PoolSpec):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _window_max(x, spec: PoolSpec):
-    """``lax.reduce_window`` max whose derivative goes to each window's first maximum.
+    """The windowed max (:func:`_reduce`) whose derivative goes to each window's first maximum.
 
     JAX's own derivative of a windowed max is XLA's ``select_and_scatter``; the
     gradient derived from the JVP below took 1.5-8.4x less time on the CPU (LeNet-5's
