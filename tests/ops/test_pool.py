@@ -170,20 +170,23 @@ def test_max_pool_gradient_goes_to_a_nan_as_in_pytorch():
 
 
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
-def test_max_pool_forward_mode_is_the_adjoint_of_its_gradient(data_format):
-    """jvp and vjp of the window max are one linear map: <J t, c> == <t, J^T c>."""
+@pytest.mark.parametrize("pool_fn", [ops.max_pool2d, ops.avg_pool2d], ids=["max", "avg"])
+def test_pool_forward_mode_is_the_adjoint_of_its_gradient(pool_fn, data_format):
+    """jvp and vjp of the windowed max, and of the windowed sum (on the CPU each with its own JVP rule
+    where windows overlap), are one linear map: <J t, c> == <t, J^T c>."""
     rng = np.random.default_rng(0)
     x = np.maximum(randn(rng, (2, 7, 7, 3)), 0)  # ReLU zeros make ties
     x = nchw_to(np.moveaxis(x, -1, 1), data_format)
     t = randn(rng, x.shape)
 
     def pool(v):
-        return ops.max_pool2d(v, 3, 2, padding=1, data_format=data_format)
+        return pool_fn(v, 3, 2, padding=1, data_format=data_format)
 
     y, jt = jax.jvp(pool, (x,), (t,))
     c = randn(rng, y.shape)
     (jtc,) = jax.vjp(pool, x)[1](c)
-    np.testing.assert_allclose(np.vdot(jt, c), np.vdot(t, jtc), rtol=1e-5)
+    scale = np.vdot(np.abs(jt), np.abs(c))  # the terms' size: the float32 sums round to it, not to the total
+    np.testing.assert_allclose(np.vdot(jt, c), np.vdot(t, jtc), rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_max_pool_gradient_is_not_a_scatter():
