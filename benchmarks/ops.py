@@ -50,8 +50,8 @@ POOL_LAYERS = [
     ("lenet5 S4 max 2x2", (10, 10, 16), 2, 2, 0),
     ("resnet stem max 3x3/2 p1", (32, 32, 16), 3, 2, 1),
 ]
-# max pools whose gradient is also timed as JAX derives it for lax.reduce_window
-MAX_POOL_GRADIENT_LAYERS = POOL_LAYERS + [
+# pools also timed as lax.reduce_window, differentiated by JAX
+REDUCE_WINDOW_LAYERS = POOL_LAYERS + [
     ("vgg 2x2 on 32x32x64", (32, 32, 64), 2, 2, 0),
     ("alexnet 3x3/2 on 13x13x256", (13, 13, 256), 3, 2, 0),
     ("googlenet 3x3/1 p1 on 16x16x192", (16, 16, 192), 3, 1, 1),
@@ -147,17 +147,20 @@ def pool_candidates(shape, kernel, stride, padding, batch):
     return out
 
 
-def max_pool_gradient_candidates(shape, kernel, stride, padding, batch):
-    """jaxcnn's max_pool2d against lax.reduce_window: forward, and forward+backward (JAX's own derivative)."""
+def reduce_window_candidates(kind, shape, kernel, stride, padding, batch):
+    """jaxcnn's max_pool2d or avg_pool2d against lax.reduce_window: forward, and forward+backward (JAX's own
+    derivative)."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, *shape)), jnp.float32)
+    init, op, pool, divisor = {"max": (-jnp.inf, lax.max, ops.max_pool2d, 1),
+                               "avg": (0.0, lax.add, ops.avg_pool2d, kernel * kernel)}[kind]
 
-    def jax_window_max(v):
+    def jax_pool(v):
         pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-        return lax.reduce_window(v, -jnp.inf, lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1), pads)
+        return lax.reduce_window(v, init, op, (1, kernel, kernel, 1), (1, stride, stride, 1), pads) / divisor
 
-    jaxcnn = functools.partial(ops.max_pool2d, kernel_size=kernel, stride=stride, padding=padding)
+    jaxcnn = functools.partial(pool, kernel_size=kernel, stride=stride, padding=padding)
     out = {}
-    for name, f in (("jax", jax_window_max), ("jaxcnn", jaxcnn)):
+    for name, f in (("jax", jax_pool), ("jaxcnn", jaxcnn)):
         fwd, g = runtime.jit(f), runtime.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) ** 2)))
         out[f"{name} fwd"] = lambda fwd=fwd: fwd(x)
         out[f"{name} fwd+bwd"] = lambda g=g: g(x)
@@ -227,14 +230,16 @@ def pool_tables(args):
                 lax_t, im_t = s[f"{kind} {p} lax"], s[f"{kind} {p} im2col"]
                 print(f"| {name.replace('max', kind)} | {p} | {median(lax_t) * 1e3:.2f} {spread(lax_t)} | "
                       f"{median(im_t) * 1e3:.2f} {spread(im_t)} | {median(im_t) / median(lax_t):.2f} |", flush=True)
-    print("\n| max pool | pass | lax.reduce_window (JAX's derivative) ms | jaxcnn max_pool2d ms | jaxcnn / JAX |")
+    print("\n| pool | pass | lax.reduce_window (JAX's derivative) ms | jaxcnn ms | jaxcnn / JAX |")
     print("|---|---|---|---|---|")
-    for name, shape, kernel, stride, padding in MAX_POOL_GRADIENT_LAYERS:
-        s = side_by_side(max_pool_gradient_candidates(shape, kernel, stride, padding, args.batch), rounds=args.rounds)
-        for p in ("fwd", "fwd+bwd"):
-            jax_t, ours = s[f"jax {p}"], s[f"jaxcnn {p}"]
-            print(f"| {name.replace(' max', '')} | {p} | {median(jax_t) * 1e3:.2f} {spread(jax_t)} | "
-                  f"{median(ours) * 1e3:.2f} {spread(ours)} | {median(ours) / median(jax_t):.2f} |", flush=True)
+    for kind in ("max", "avg"):
+        for name, shape, kernel, stride, padding in REDUCE_WINDOW_LAYERS:
+            s = side_by_side(reduce_window_candidates(kind, shape, kernel, stride, padding, args.batch),
+                             rounds=args.rounds)
+            for p in ("fwd", "fwd+bwd"):
+                jax_t, ours = s[f"jax {p}"], s[f"jaxcnn {p}"]
+                print(f"| {kind} {name.replace(' max', '')} | {p} | {median(jax_t) * 1e3:.2f} {spread(jax_t)} | "
+                      f"{median(ours) * 1e3:.2f} {spread(ours)} | {median(ours) / median(jax_t):.2f} |", flush=True)
 
 
 def norm_table(args):
