@@ -8,8 +8,9 @@ cross-entropy) in both frameworks, synthetic data resident in memory; PyTorch ru
 eagerly (zero_grad, forward, backward, step), in its default NCHW layout and in
 channels_last (NHWC, its faster CPU layout for convolutions and BatchNorm), jaxcnn runs its ``train_step``
 compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated.
-Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3) and a
-bottleneck ResNet-50 (batch 16, 64x64x3).
+Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3), a
+bottleneck ResNet-50 (batch 16, 64x64x3) and DenseNet-BC-100 (k=12; batch 64,
+32x32x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
 median of the ratios within each round (so drift in the machine's load cancels),
@@ -128,11 +129,42 @@ def torch_models():
         def forward(self, x):
             return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
 
-    return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50}
+    def norm_relu_conv(cin, cout, kernel):
+        return [nn.BatchNorm2d(cin), nn.ReLU(), nn.Conv2d(cin, cout, kernel, 1, kernel // 2, bias=False)]
+
+    class DenseLayer(nn.Module):
+        def __init__(self, cin, growth):
+            super().__init__()
+            self.layers = nn.Sequential(*norm_relu_conv(cin, 4 * growth, 1), *norm_relu_conv(4 * growth, growth, 3))
+
+        def forward(self, x):
+            return torch.cat([x, self.layers(x)], 1)
+
+    class DenseNetBC100(nn.Module):
+        """DenseNet-BC-100, growth 12 (``jaxcnn.models.densenet``'s ``densenet_bc_100_12``)."""
+
+        def __init__(self, growth=12, layers_per_block=16):
+            super().__init__()
+            stages, cin = [nn.Conv2d(3, 2 * growth, 3, 1, 1, bias=False)], 2 * growth
+            for block in range(3):
+                for _ in range(layers_per_block):
+                    stages.append(DenseLayer(cin, growth))
+                    cin += growth
+                if block < 2:
+                    stages += [*norm_relu_conv(cin, cin // 2, 1), nn.AvgPool2d(2)]
+                    cin //= 2
+            self.features = nn.Sequential(*stages, nn.BatchNorm2d(cin), nn.ReLU())
+            self.fc = nn.Linear(cin, 10)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean(dim=(2, 3)))
+
+    return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50, "densenet_bc_100_12": DenseNetBC100}
 
 
 TORCH_LAYOUTS = ("NCHW", "NHWC")  # PyTorch's default, and channels_last
-MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3))}
+MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3)),
+          "densenet_bc_100_12": (64, (32, 32, 3))}
 
 
 def torch_step(name, batch, shape, channels_last=False):
@@ -254,7 +286,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--backends", default="xla,im2col,auto")
-    parser.add_argument("--models", default="lenet5,resnet20,resnet50")
+    parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--async_dispatch", action="store_true", help="keep JAX's asynchronous CPU dispatch")
     parser.add_argument("--torch_worker", help=argparse.SUPPRESS)  # name:batch:HxWxC:layout, the PyTorch child
