@@ -1,7 +1,9 @@
 """DenseNets (Huang et al. 2016): torchvision's ImageNet family and DenseNet-BC-100 (k=12) for CIFAR.
 
 Dense layer: BN -> ReLU -> 1x1 conv (bn_size * growth) -> BN -> ReLU -> 3x3 conv
-(growth), its output concatenated to its input. Transition: BN -> ReLU -> 1x1
+(growth), its output concatenated to its input. The ReLUs are :func:`jaxcnn.ops.relu`,
+whose backward reads the stored output rather than the BatchNorm (and the
+concatenation) behind it. Transition: BN -> ReLU -> 1x1
 conv halving the channels (compression 0.5) -> 2x2 average pool.
 
 * ``densenet121/169/201``: a 7x7/2 stem of 64 channels and 3x3/2 max pool, four
@@ -19,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn import ops
 from jaxcnn.layers import AvgPool, BatchNorm, Conv, GlobalAvgPool, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_in, logits
 
@@ -32,8 +35,8 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = self.conv(self.bn_size * self.growth_rate, 1, use_bias=False)(nn.relu(self.norm()(x)))
-        y = self.conv(self.growth_rate, 3, 1, 1, use_bias=False)(nn.relu(self.norm()(y)))
+        y = self.conv(self.bn_size * self.growth_rate, 1, use_bias=False)(ops.relu(self.norm()(x)))
+        y = self.conv(self.growth_rate, 3, 1, 1, use_bias=False)(ops.relu(self.norm()(y)))
         if self.drop_rate:
             y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
         return jnp.concatenate([x, y], axis=-1)
@@ -47,7 +50,7 @@ class Transition(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = self.conv(self.features, 1, use_bias=False)(nn.relu(self.norm()(x)))
+        x = self.conv(self.features, 1, use_bias=False)(ops.relu(self.norm()(x)))
         return AvgPool(2, backend=self.backend)(x)
 
 
@@ -70,7 +73,7 @@ class DenseNet(nn.Module):
         norm = batch_norm(train, self.dtype, self.bn_axis_name)
         if self.imagenet_stem:
             x = conv(self.num_init_features, 7, 2, 3, use_bias=False, name="stem_conv")(x)
-            x = nn.relu(norm(name="stem_norm")(x))
+            x = ops.relu(norm(name="stem_norm")(x))
             x = MaxPool(3, 2, padding=1, backend=self.conv_backend)(x)
         else:
             x = conv(self.num_init_features, 3, 1, 1, use_bias=False, name="stem_conv")(x)
@@ -81,7 +84,7 @@ class DenseNet(nn.Module):
             if i < len(self.block_config) - 1:
                 x = Transition(x.shape[-1] // 2, conv=conv, norm=norm, backend=self.conv_backend,
                                name=f"transition{i + 1}")(x)
-        x = GlobalAvgPool()(nn.relu(norm(name="final_norm")(x)))
+        x = GlobalAvgPool()(ops.relu(norm(name="final_norm")(x)))
         return logits(nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x))
 
 

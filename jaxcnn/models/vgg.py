@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxcnn import ops
 from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_out, logits
 
@@ -51,7 +52,8 @@ class VGG(nn.Module):
                 x = MaxPool(2, backend=self.conv_backend)(x)
             else:
                 x = conv(v)(x)
-                x = nn.relu(norm()(x) if self.batch_norm else x)
+                # after BatchNorm, the ReLU whose backward reads its stored output (step 1.02x)
+                x = ops.relu(norm()(x)) if self.batch_norm else nn.relu(x)
         dense = partial(nn.Dense, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01))
         if self.head == "cifar":
             return logits(dense(self.num_classes, name="classifier")(Flatten()(AdaptiveAvgPool(1)(x))))
