@@ -1,5 +1,7 @@
 """jaxcnn.layers: the Conv layer is the op with its parameters; the shared pieces (BatchNorm, pools) match their references."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,6 +93,30 @@ def test_layers_match_torch_where_installed():
     assert_close(layers.AdaptiveAvgPool(3).apply({}, x[:, :4, :4]), np.moveaxis(
         torch.nn.functional.adaptive_avg_pool2d(xt[:, :, :4, :4], (3, 3)).numpy(), 1, -1))
     assert ada.shape == (2, 9, 3, 3)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_of_pieces_is_batch_norm_of_their_concatenation(train):
+    """Given a DenseNet layer's pieces, BatchNorm normalises their concatenation: outputs, running statistics
+    and every gradient (the pieces' too) as for the concatenated array, the statistics only summed per piece."""
+    rng = np.random.default_rng(0)
+    pieces = [jnp.asarray(rng.standard_normal((8, 4, 4, c)) * (i + 1) + i, jnp.float32)
+              for i, c in enumerate((24, 12, 12, 140))]
+    module = layers.BatchNorm(use_running_average=not train, momentum=0.9)
+    variables = module.init(jax.random.key(0), jnp.concatenate(pieces, -1))
+    assert jax.tree.map(jnp.shape, module.init(jax.random.key(0), pieces)) == jax.tree.map(jnp.shape, variables)
+    variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.key(1), v.shape), variables)
+
+    def loss(v, x):
+        y, updates = module.apply(v, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y)), (y, updates)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, (y, updates)), (g_vars, g_pieces) = grad(variables, pieces)
+    (_, (y_ref, updates_ref)), (g_vars_ref, g_x_ref) = grad(variables, jnp.concatenate(pieces, -1))
+    close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-5)
+    jax.tree.map(close, (y, updates, g_vars["params"]), (y_ref, updates_ref, g_vars_ref["params"]))
+    close(jnp.concatenate(g_pieces, -1), g_x_ref)
 
 
 @pytest.mark.parametrize("shape, dtype", [((8, 6, 6, 16), None), ((6, 10), None), ((8, 4, 4, 3), jnp.bfloat16)])

@@ -116,11 +116,13 @@ def normalize(x, mean, var, scale, bias, epsilon: float):
     return y.reshape(x.shape)
 
 
-def batch_norm(x, scale, bias, *, epsilon: float = 1e-5, axis_name: str | None = None):
+def batch_norm(x, scale, bias, *, epsilon: float = 1e-5, axis_name: str | None = None, moments=None):
     """Training-mode batch normalization of channels-last ``x`` with its own batch statistics.
 
     ``y = (x - mean) / sqrt(var + epsilon) * scale + bias`` with ``mean, var =
-    batch_moments(x, axis_name)``; ``scale``, ``bias``: ``(C,)``. Returns
+    batch_moments(x, axis_name)``, or ``moments`` where the caller has them already
+    (a concatenation's, from its pieces: see ``jaxcnn.layers.BatchNorm``); they must
+    be ``x``'s, as the gradient is ``x``'s own. ``scale``, ``bias``: ``(C,)``. Returns
     ``(y, mean, var)``; ``mean`` and ``var`` are for running averages and carry no
     gradient. ``y``'s gradient is autodiff's, computed in closed form (two channel
     sums of the cotangent and one elementwise pass; autodiff through the
@@ -131,8 +133,8 @@ def batch_norm(x, scale, bias, *, epsilon: float = 1e-5, axis_name: str | None =
     """
     _check_batch_norm(x, scale, bias, epsilon)
     x, scale, bias = (_varying(a, axis_name) for a in (x, scale, bias))
-    y, mean, var = _batch_norm(x, scale, bias, epsilon, axis_name)
-    return y, lax.stop_gradient(mean), lax.stop_gradient(var)
+    mean, var = (lax.stop_gradient(m) for m in (batch_moments(x, axis_name) if moments is None else moments))
+    return _batch_norm(x, scale, bias, mean, var, epsilon, axis_name), mean, var
 
 
 def _check_batch_norm(x, scale, bias, epsilon) -> None:
@@ -154,22 +156,21 @@ def _varying(a, axis_name):
     return lax.pcast(a, axis_name, to="varying")  # autodiff sums its cotangent over the axis
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _batch_norm(x, scale, bias, epsilon, axis_name):
-    return _batch_norm_forward(x, scale, bias, epsilon, axis_name)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _batch_norm(x, scale, bias, mean, var, epsilon, axis_name):
+    """``x`` normalised by its batch statistics ``mean`` and ``var``; the gradient is in closed form."""
+    return normalize(x, mean, var, scale, bias, epsilon)
 
 
-def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
-    mean, var = batch_moments(x, axis_name)
-    rstd = lax.rsqrt(var + epsilon)
+def _batch_norm_forward(x, scale, bias, mean, var, epsilon, axis_name):
     y = normalize(x, mean, var, scale, bias, epsilon)
-    return (y, mean, var), (x, mean, rstd, scale, bias)
+    return y, (x, mean, lax.rsqrt(var + epsilon), scale, bias)
 
 
 def _batch_norm_backward(epsilon, axis_name, residuals, cotangents):
     del epsilon
     x, mean, rstd, scale, bias = residuals
-    dy = cotangents[0]  # the statistics' cotangents are zero: batch_norm stops their gradient
+    dy = cotangents  # the statistics' own gradient is in the closed form below: theirs is zero
     stats = mean.dtype
     k = _blocks(x)
     wide_dy = wide_view(dy, k).astype(stats)
@@ -185,7 +186,8 @@ def _batch_norm_backward(epsilon, axis_name, residuals, cotangents):
     c = -a * sums[0] / count
     wide_a, wide_b, wide_c = _tiled(jnp.stack([a, b, c]), k)
     dx = wide_dy * wide_a + centred * wide_b + wide_c
-    return wide_stored(dx.reshape(x.shape).astype(x.dtype)), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+    dx = wide_stored(dx.reshape(x.shape).astype(x.dtype))
+    return dx, dscale.astype(scale.dtype), dbias.astype(bias.dtype), jnp.zeros_like(mean), jnp.zeros_like(rstd)
 
 
 _batch_norm.defvjp(_batch_norm_forward, _batch_norm_backward)
