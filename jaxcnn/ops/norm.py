@@ -131,16 +131,19 @@ def batch_norm(x, scale, bias, *, epsilon: float = 1e-5, axis_name: str | None =
     averaged over the axis, and a replicated ``scale``/``bias`` gets the sum of
     every device's gradient, as autodiff gives it.
     """
-    _check_batch_norm(x, scale, bias, epsilon)
+    _check_batch_norm(x, scale, bias, epsilon, moments)
     x, scale, bias = (_varying(a, axis_name) for a in (x, scale, bias))
     mean, var = (lax.stop_gradient(m) for m in (batch_moments(x, axis_name) if moments is None else moments))
     return _batch_norm(x, scale, bias, mean, var, epsilon, axis_name), mean, var
 
 
-def _check_batch_norm(x, scale, bias, epsilon) -> None:
+def _check_batch_norm(x, scale, bias, epsilon, moments) -> None:
     x = float_array(x, "x", "batch_norm")
     if x.ndim < 2:
         raise ValueError(f"batch_norm: x must be (N, ..., C) with at least 2 dims, got shape {x.shape}")
+    if moments is not None and (len(moments) != 2 or any(jnp.shape(m) != x.shape[-1:] for m in moments)):
+        raise ValueError(f"batch_norm: moments must be (mean, var), each of shape {x.shape[-1:]} (x's channels), "
+                         f"got shapes {[jnp.shape(m) for m in moments]}")
     for name, v in (("scale", scale), ("bias", bias)):
         if jnp.shape(v) != x.shape[-1:]:
             raise ValueError(f"batch_norm: {name} must have shape {x.shape[-1:]} (x's channels), "

@@ -144,5 +144,7 @@ def test_batch_norm_rejects_mismatched_parameters_before_tracing():
         ops.batch_norm(x, jnp.ones(3), jnp.zeros(4))
     with pytest.raises(ValueError, match="batch_norm: epsilon must be > 0"):
         ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), epsilon=0.0)
+    with pytest.raises(ValueError, match="moments must be .mean, var., each of shape .4,."):
+        ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), moments=(jnp.zeros(4), jnp.ones(3)))
     with pytest.raises(TypeError, match="batch_norm: x must have a floating-point dtype"):
         ops.batch_norm(jnp.zeros((2, 4), jnp.int32), jnp.ones(4), jnp.zeros(4))
