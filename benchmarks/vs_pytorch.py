@@ -9,8 +9,8 @@ eagerly (zero_grad, forward, backward, step), in its default NCHW layout and in
 channels_last (NHWC, its faster CPU layout for convolutions and BatchNorm), jaxcnn runs its ``train_step``
 compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated.
 Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3), a
-bottleneck ResNet-50 (batch 16, 64x64x3) and DenseNet-BC-100 (k=12; batch 64,
-32x32x3).
+bottleneck ResNet-50 (batch 16, 64x64x3), DenseNet-BC-100 (k=12; batch 64,
+32x32x3) and GoogLeNet (batch 16, 112x112x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
 median of the ratios within each round (so drift in the machine's load cancels),
@@ -159,12 +159,50 @@ def torch_models():
         def forward(self, x):
             return self.fc(self.features(x).mean(dim=(2, 3)))
 
-    return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50, "densenet_bc_100_12": DenseNetBC100}
+    def conv_bn_relu(cin, cout, kernel, stride=1, padding=0):  # GoogLeNet's BasicConv2d
+        return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
+                             nn.BatchNorm2d(cout, eps=1e-3), nn.ReLU())
+
+    class Inception(nn.Module):
+        def __init__(self, cin, ch1, ch3red, ch3, ch5red, ch5, pool_proj):
+            super().__init__()
+            self.branches = nn.ModuleList([
+                conv_bn_relu(cin, ch1, 1),
+                nn.Sequential(conv_bn_relu(cin, ch3red, 1), conv_bn_relu(ch3red, ch3, 3, padding=1)),
+                nn.Sequential(conv_bn_relu(cin, ch5red, 1), conv_bn_relu(ch5red, ch5, 3, padding=1)),
+                nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), conv_bn_relu(cin, pool_proj, 1))])
+
+        def forward(self, x):
+            return torch.cat([branch(x) for branch in self.branches], 1)
+
+    class GoogLeNet(nn.Module):
+        """torchvision's GoogLeNet without auxiliary classifiers (``jaxcnn.models.googlenet``)."""
+
+        def __init__(self):
+            super().__init__()
+            from jaxcnn.models.googlenet import INCEPTIONS
+
+            layers, cin = [conv_bn_relu(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, ceil_mode=True),
+                           conv_bn_relu(64, 64, 1), conv_bn_relu(64, 192, 3, padding=1),
+                           nn.MaxPool2d(3, 2, ceil_mode=True)], 192
+            for i, spec in enumerate(INCEPTIONS):
+                if spec == "M":
+                    layers.append(nn.MaxPool2d(2 if INCEPTIONS[i + 1][0] == "5a" else 3, 2, ceil_mode=True))
+                    continue
+                layers.append(Inception(cin, *spec[1:]))
+                cin = spec[1] + spec[3] + spec[5] + spec[6]
+            self.features, self.dropout, self.fc = nn.Sequential(*layers), nn.Dropout(0.2), nn.Linear(cin, 10)
+
+        def forward(self, x):
+            return self.fc(self.dropout(self.features(x).mean(dim=(2, 3))))
+
+    return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50, "densenet_bc_100_12": DenseNetBC100,
+            "googlenet": GoogLeNet}
 
 
 TORCH_LAYOUTS = ("NCHW", "NHWC")  # PyTorch's default, and channels_last
 MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3)),
-          "densenet_bc_100_12": (64, (32, 32, 3))}
+          "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3))}
 
 
 def torch_step(name, batch, shape, channels_last=False):
