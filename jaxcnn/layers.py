@@ -134,8 +134,7 @@ class BatchNorm(nn.Module):
             axis_name = None if self.is_initializing() else self.axis_name
             moments = None
             if len(pieces) > 1:
-                per_piece = [ops.batch_moments(p.astype(stats_dtype), axis_name) for p in pieces]
-                moments = tuple(jnp.concatenate(m) for m in zip(*per_piece))
+                moments = ops.batch_moments([p.astype(stats_dtype) for p in pieces], axis_name)
             y, mean, var = ops.batch_norm(x.astype(stats_dtype), scale, bias, epsilon=self.epsilon,
                                           axis_name=axis_name, moments=moments)
             if not self.is_initializing():

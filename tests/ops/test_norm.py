@@ -148,3 +148,16 @@ def test_batch_norm_rejects_mismatched_parameters_before_tracing():
         ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), moments=(jnp.zeros(4), jnp.ones(3)))
     with pytest.raises(TypeError, match="batch_norm: x must have a floating-point dtype"):
         ops.batch_norm(jnp.zeros((2, 4), jnp.int32), jnp.ones(4), jnp.zeros(4))
+
+
+def test_the_moments_of_pieces_are_those_of_their_concatenation_with_one_pmean():
+    """A concatenation's moments from its pieces (each summed on its own): the concatenation's, and over a
+    mapped axis one pmean for all the pieces."""
+    rng = np.random.default_rng(7)
+    pieces = [jnp.asarray(randn(rng, (4, 3, 3, c)) * (i + 1) + i) for i, c in enumerate((24, 12, 140))]
+    for got, want in zip(ops.batch_moments(pieces), ops.batch_moments(jnp.concatenate(pieces, -1))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    mapped = jax.shard_map(lambda *ps: ops.batch_moments(ps, "data"), mesh=mesh, in_specs=P("data"),
+                           out_specs=P())
+    assert str(jax.make_jaxpr(mapped)(*pieces)).count("psum") == 1
