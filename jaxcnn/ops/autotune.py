@@ -31,7 +31,7 @@ compute im2col's products; ``"onednn"`` only where its kernels run
 (:func:`jaxcnn.ops.onednn.usable`: float32 on the CPU, kernels built), elsewhere it
 would compute lax's. The choice is cached for the
 process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
-``autotune-v6-<machine>.json``), so a later process on the same machine and software
+``autotune-v7-<machine>.json``), so a later process on the same machine and software
 reuses it instead of measuring again (ResNet-20: about 19 s of its first step);
 :func:`plans` and :func:`set_plans` read and preset the process's cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
@@ -290,7 +290,7 @@ def clear_plans() -> None:
 
 
 # Versioned by the formulations offered and their speed: choices measured among other ones are measured again.
-MACHINE_TABLE = "autotune-v6"
+MACHINE_TABLE = "autotune-v7"
 
 
 def _machine_choice(section: str, key: str, parse: Callable):

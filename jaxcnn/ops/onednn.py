@@ -23,6 +23,13 @@ through ``conv2d_auto``) uses lax convolutions for its tangents: each pass is
 linear in each of its arrays, so every derivative stays exact. Under ``vmap``
 the kernels run once per example; under a jit whose batch is sharded over
 devices, each device runs them on its own examples.
+
+Threads: each call splits its batch into one chunk per thread of XLA's intra-op
+pool and runs oneDNN single-threaded on each chunk, on the calling thread and on
+helpers it schedules on that pool; a chunk no idle thread has claimed, the caller
+runs itself. oneDNN's own OpenMP team competed for the two cores with the XLA
+thunks running beside a call: GoogLeNet's step took 1.15-1.25x longer, and
+ResNet-50's and LeNet-5's 1.03-1.1x (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

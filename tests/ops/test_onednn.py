@@ -44,6 +44,16 @@ def test_every_pass_matches_the_loop_reference(geometry):
 
 
 @needs_onednn
+@pytest.mark.parametrize("batch", [3, 5])
+def test_a_batch_split_unevenly_over_xlas_threads_matches_the_loop_reference(batch):
+    """Each call splits its batch into one chunk per thread of XLA's pool (here 1 and 2, or 2 and 3
+    examples); 16 -> 32 channels get a kernel in oneDNN's blocked layout, reordered once for all
+    chunks, and dW is the sum of the chunks' partial gradients."""
+    geometry = ((batch, 16, 6, 5), (32, 16, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    test_every_pass_matches_the_loop_reference(geometry)
+
+
+@needs_onednn
 def test_the_kernels_are_what_runs():
     """The compiled programs call oneDNN's handlers, not a lax convolution."""
     x, w, dy, window, groups, _ = _case(GEOMETRIES[1])
