@@ -28,8 +28,8 @@ Threads: each call splits its batch into one chunk per thread of XLA's intra-op
 pool and runs oneDNN single-threaded on each chunk, on the calling thread and on
 helpers it schedules on that pool; a chunk no idle thread has claimed, the caller
 runs itself. oneDNN's own OpenMP team competed for the two cores with the XLA
-thunks running beside a call: GoogLeNet's step took 1.15-1.25x longer, and
-ResNet-50's and LeNet-5's 1.03-1.1x (``benchmarks/RESULTS.md``).
+thunks running beside a call: GoogLeNet's step took 1.19-1.25x longer, ResNet-50's
+1.04-1.08x (``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -198,8 +198,11 @@ int64_t chunk_count(Pass pass, const Geometry& g, int64_t threads) {
 
 // One pass, its batch split into chunks run single-threaded by the calling thread and by helpers
 // scheduled on XLA's intra-op pool: oneDNN's own OpenMP team would compete for the cores with the
-// XLA thunks running beside it (GoogLeNet's step: 1.15-1.25x slower), while a chunk no helper has
-// claimed yet is simply run by the caller. dW sums the chunks' partial gradients.
+// XLA thunks running beside it (GoogLeNet's step: 1.19-1.25x slower), while a chunk no helper has
+// claimed yet is simply run by the caller. dW sums the chunks' partial gradients. Alone, a call
+// whose kernel outweighs its activations runs slower this way (every chunk reads the whole kernel,
+// or writes a whole dW: 512->512 3x3 at 2x2, dW 2.2x, forward 1.5x), but leaving those calls to
+// oneDNN's team made ResNet-50's and GoogLeNet's steps slower, not faster.
 ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y, float* w) {
   if (g.window.size() != 9 || g.groups() < 1 || g.c % g.groups() || g.o % g.groups())
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: bad window attribute");
