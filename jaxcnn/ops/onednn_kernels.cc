@@ -132,12 +132,27 @@ std::shared_ptr<Plan> plan_for(Pass pass, const Geometry& g) {
 }
 
 extern "C" void omp_set_num_threads(int);  // libgomp's: libdnnl's OpenMP runtime
+extern "C" int omp_get_max_threads();
+
+// oneDNN single-threaded on this thread while in scope: it runs inline, with no OpenMP team of its
+// own. The thread's own setting is restored after, since the caller may be the user's thread (JAX
+// runs CPU computations inline), where other OpenMP code (PyTorch's, say) reads it.
+class SingleThreadedOmp {
+ public:
+  SingleThreadedOmp() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SingleThreadedOmp() { omp_set_num_threads(saved_); }
+  SingleThreadedOmp(const SingleThreadedOmp&) = delete;
+  SingleThreadedOmp& operator=(const SingleThreadedOmp&) = delete;
+
+ private:
+  int saved_;
+};
 
 // One pass over examples [begin, begin + count) on the calling thread. x: the input (forward, dW)
 // or dx (dx); y: the output (forward) or dy (dx, dW); w: the kernel (forward, dx) or this chunk's
 // dW, in the layout oneDNN picked (plan->dnnl_w_md).
 void run_chunk(Pass pass, Geometry g, int64_t begin, int64_t count, float* x, float* y, float* w) {
-  omp_set_num_threads(1);  // this thread's OpenMP setting: oneDNN runs inline, no team of its own
+  SingleThreadedOmp single_threaded;
   const int64_t x_offset = begin * g.h * g.w * g.c, y_offset = begin * g.oh * g.ow * g.o;
   g.n = count;
   const auto plan = plan_for(pass, g);
@@ -207,7 +222,7 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y,
   if (g.window.size() != 9 || g.groups() < 1 || g.c % g.groups() || g.o % g.groups())
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: bad window attribute");
   try {
-    omp_set_num_threads(1);  // plans are created for the single thread that runs each chunk
+    SingleThreadedOmp single_threaded;  // plans are created for the one thread that runs each chunk
     const int64_t threads = std::max<int64_t>(1, pool.num_threads());
     auto chunks = std::make_shared<Chunks>();
     chunks->n = g.n;

@@ -3,6 +3,9 @@
 import os
 import platform
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +54,36 @@ def test_a_batch_split_unevenly_over_xlas_threads_matches_the_loop_reference(bat
     chunks, and dW is the sum of the chunks' partial gradients."""
     geometry = ((batch, 16, 6, 5), (32, 16, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     test_every_pass_matches_the_loop_reference(geometry)
+
+
+# Runs the three passes on the calling thread (inline dispatch) after setting that thread's OpenMP
+# team size to 3 through libgomp, the OpenMP runtime libdnnl loads, and prints the size after.
+_OMP_PROBE = textwrap.dedent("""
+    import ctypes
+    import jax, jax.numpy as jnp
+    from jaxcnn import runtime
+    runtime.dispatch_cpu_inline()
+    from jaxcnn.ops import onednn
+    from jaxcnn.ops.im2col import Window
+    assert onednn.available()
+    gomp = ctypes.CDLL("libgomp.so.1")
+    gomp.omp_set_num_threads(3)
+    window = Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (8, 8))
+    x, w, dy = jnp.ones((4, 8, 8, 16)), jnp.ones((3, 3, 16, 32)), jnp.ones((4, 8, 8, 32))
+    jax.jit(lambda a, b: onednn.onednn_forward(a, b, window, 1))(x, w).block_until_ready()
+    jax.jit(lambda d, b: onednn.onednn_grad_input(d, b, window, 1))(dy, w).block_until_ready()
+    jax.jit(lambda a, d: onednn.onednn_grad_weight(a, d, w.shape, window, 1))(x, dy).block_until_ready()
+    print(gomp.omp_get_max_threads())
+""")
+
+
+@needs_onednn
+def test_the_kernels_leave_the_calling_threads_openmp_setting_as_it_was():
+    """The kernels run oneDNN single-threaded per chunk, but JAX may run them on the user's thread,
+    where other OpenMP code (PyTorch's) reads the team size: it must come back as it was."""
+    out = subprocess.run([sys.executable, "-c", _OMP_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.stdout.split()[-1] == "3"
 
 
 @needs_onednn
