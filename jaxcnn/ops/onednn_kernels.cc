@@ -205,10 +205,10 @@ void work(const std::shared_ptr<Chunks>& chunks, Pass pass, const Geometry& g, f
 // the kernel (or dW) in one layout, so that one reordered kernel serves all and partial dWs add up.
 int64_t chunk_count(Pass pass, const Geometry& g, int64_t threads) {
   const int64_t total = std::max<int64_t>(1, std::min(g.n, threads));
-  Geometry first = g, last = g;
-  first.n = g.n / total;  // chunk sizes differ by at most one
-  last.n = g.n - (total - 1) * (g.n / total);
-  return plan_for(pass, first)->dnnl_w_md == plan_for(pass, last)->dnnl_w_md ? total : 1;
+  Geometry small = g, large = g;  // Chunks::begin makes every chunk one of two sizes
+  small.n = g.n / total;
+  large.n = (g.n + total - 1) / total;
+  return plan_for(pass, small)->dnnl_w_md == plan_for(pass, large)->dnnl_w_md ? total : 1;
 }
 
 // One pass, its batch split into chunks run single-threaded by the calling thread and by helpers

@@ -86,6 +86,43 @@ def test_the_kernels_leave_the_calling_threads_openmp_setting_as_it_was():
     assert out.stdout.split()[-1] == "3"
 
 
+# With XLA's pool at 4 threads (XLA reads NPROC), a batch of 10 is cut into chunks of 2 and 3
+# examples, run by the caller and up to three helpers. Prints the pool's size, then each pass's
+# largest difference from lax's convolution (highest precision), relative to its largest value.
+_FOUR_THREADS_PROBE = textwrap.dedent("""
+    import os
+    import jax, jax.numpy as jnp
+    from jax import lax
+    from jaxcnn.ops import onednn
+    from jaxcnn.ops.im2col import Window
+    assert onednn.available()
+    window = Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (6, 5))
+    keys = jax.random.split(jax.random.key(0), 3)
+    x, w = jax.random.normal(keys[0], (10, 6, 5, 16)), jax.random.normal(keys[1], (3, 3, 16, 32))
+    dy = jax.random.normal(keys[2], (10, 6, 5, 32))
+    conv = lambda a, b: lax.conv_general_dilated(a, b, (1, 1), ((1, 1), (1, 1)), precision="highest",
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y, vjp = jax.vjp(conv, x, w)
+    dx, dw = vjp(dy)
+    got = [jax.jit(lambda a, b: onednn.onednn_forward(a, b, window, 1))(x, w),
+           jax.jit(lambda d, b: onednn.onednn_grad_input(d, b, window, 1))(dy, w),
+           jax.jit(lambda a, d: onednn.onednn_grad_weight(a, d, w.shape, window, 1))(x, dy)]
+    threads = sum("Eigen" in open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task"))
+    print(threads, *(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(got, (y, dx, dw))))
+""")
+
+
+@needs_onednn
+def test_a_batch_split_over_four_threads_matches_lax():
+    out = subprocess.run([sys.executable, "-c", _FOUR_THREADS_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu", "NPROC": "4"})
+    threads, *errors = out.stdout.split()[-4:]
+    if threads == "0":
+        pytest.skip("XLA's pool threads are not named as this test expects")
+    assert threads == "4"
+    assert max(map(float, errors)) < 1e-5, errors
+
+
 @needs_onednn
 def test_the_kernels_are_what_runs():
     """The compiled programs call oneDNN's handlers, not a lax convolution."""
