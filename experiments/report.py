@@ -4,11 +4,11 @@
     python launch.py --config experiments/report.py --config.budget_steps=5   # quick check, a few steps each
 
 Runs colours, shapes, shapes+colours, digits (LeNet-5), kernel recovery and the econ
-regression with their own experiment configs. Expected (measured 2026-11-23 on a
+regression with their own experiment configs. Expected (measured 2026-11-24 on a
 2-core CPU): colours 99.67%, shapes 99.80%, shapes+colours 100.00% (textbook 96.3%,
-96%, 97%), digits 99.72%, kernel recovered to a loss below 1e-7, econ test MSE 0.0019;
-about 3 minutes in all on a machine's first run (2 minutes once the machine cache
-holds the conv plans and compiled programs), half of it the econ regression.
+96%, 97%), digits 99.72%, kernel recovered to a loss below 1e-7, econ test MSE 0.0027
+(0.0018-0.0027 over seeds); about 110 s in all on a machine's first run (75 s once the
+machine cache holds the conv plans and compiled programs), half of it the econ regression.
 """
 
 import ml_collections
