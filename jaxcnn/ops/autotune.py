@@ -386,31 +386,36 @@ def _fastest(candidates: dict, args, rounds: int = 4, min_time: float = 0.005):
 
 
 def _random(shape, dtype, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+    """Concrete random data, even while a training step is being traced (plans are measured then).
+
+    Only the data is made under ``ensure_compile_time_eval``: under it, the candidates' own traces
+    would compute their constants (the zeros ``lax_passes`` differentiates at) eagerly, one extra
+    compile each, and carry them into the timed programs as literals the training step does not have.
+    """
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
 def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> ConvPlan:
-    with jax.ensure_compile_time_eval():
-        x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
-        dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
+    x, w = _random(x_shape, dtype, 0), _random(w_shape, dtype, 1)
+    dy = _random((x_shape[0], *window.out_size, w_shape[3]), dtype, 2)
+    names = candidates(window, w_shape, dtype, groups)
 
-        names = candidates(window, w_shape, dtype, groups)
+    def bind(table):
+        return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
 
-        def bind(table):
-            return {name: functools.partial(table[name], window=window, groups=groups) for name in names}
-
-        mixed = (_fastest(bind(FORWARD), (x, w)), _fastest(bind(GRAD_WEIGHT), (x, w, dy)))
-        # Passes timed alone need not add up: the forward and the weight gradient (which may share
-        # the forward's im2col or band matrix, and decide whether the input is stored apart) are
-        # chosen together, their winners' mix against each formulation doing both. The input
-        # gradient reads only dy and w, and is chosen alone: its cost must not sway the other two,
-        # since a network's first layer never computes it (LeNet-5's C1: the banded plan won
-        # forward + both gradients, 2.4 against 2.7 ms, but forward + dW took 0.86 against oneDNN's
-        # 0.45 ms, and its training step ran 0.6-0.8x as fast).
-        pairs = {pair: None for pair in (mixed, *((name, name) for name in names))}
-        forward, grad_weight = _fastest({pair: _forward_and_grad_weight(*pair, window, groups) for pair in pairs},
-                                        (x, w, dy))
-        return ConvPlan(forward, grad_weight, _fastest(bind(GRAD_INPUT), (x, w, dy)))
+    mixed = (_fastest(bind(FORWARD), (x, w)), _fastest(bind(GRAD_WEIGHT), (x, w, dy)))
+    # Passes timed alone need not add up: the forward and the weight gradient (which may share
+    # the forward's im2col or band matrix, and decide whether the input is stored apart) are
+    # chosen together, their winners' mix against each formulation doing both. The input
+    # gradient reads only dy and w, and is chosen alone: its cost must not sway the other two,
+    # since a network's first layer never computes it (LeNet-5's C1: the banded plan won
+    # forward + both gradients, 2.4 against 2.7 ms, but forward + dW took 0.86 against oneDNN's
+    # 0.45 ms, and its training step ran 0.6-0.8x as fast).
+    pairs = {pair: None for pair in (mixed, *((name, name) for name in names))}
+    forward, grad_weight = _fastest({pair: _forward_and_grad_weight(*pair, window, groups) for pair in pairs},
+                                    (x, w, dy))
+    return ConvPlan(forward, grad_weight, _fastest(bind(GRAD_INPUT), (x, w, dy)))
 
 
 def candidates(window: Window, w_shape, dtype, groups: int) -> list[str]:
@@ -452,13 +457,11 @@ def _pool_auto(lax_fn, im2col_fn, x, kernel_size, stride, kwargs):
             _POOL_CHOICES[key] = "xla"
         else:
             def measure():
-                with jax.ensure_compile_time_eval():
-                    sample = _random(x.shape, x.dtype, 0)
+                def train_pass(fn):
+                    return jax.grad(lambda v: jnp.sum(jnp.square(fn(v, kernel_size, stride, **kwargs))))
 
-                    def train_pass(fn):
-                        return jax.grad(lambda v: jnp.sum(jnp.square(fn(v, kernel_size, stride, **kwargs))))
-
-                    return _fastest({"xla": train_pass(lax_fn), "im2col": train_pass(im2col_fn)}, (sample,))
+                return _fastest({"xla": train_pass(lax_fn), "im2col": train_pass(im2col_fn)},
+                                (_random(x.shape, x.dtype, 0),))
 
             _POOL_CHOICES[key] = _measured_once("pool", key, _pool_choice_of, measure, str)
     fn = lax_fn if _POOL_CHOICES[key] == "xla" else im2col_fn

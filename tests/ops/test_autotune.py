@@ -164,6 +164,26 @@ def test_measured_plans_are_timed_not_defaulted(monkeypatch, filters, names):
     autotune.clear_plans()
 
 
+def test_candidates_are_traced_as_the_step_traces_them(monkeypatch):
+    """Plans are measured while a step is traced; the candidates must still trace to programs with no
+    eagerly computed constants (lax's passes differentiate at zeros, which a step stages as broadcasts)."""
+    consts = {}
+
+    def first(candidates, args):
+        for name, fn in candidates.items():
+            consts[str(name)] = len(jax.make_jaxpr(fn)(*args).consts)
+        return next(iter(candidates))
+
+    monkeypatch.setattr(autotune, "_fastest", first)
+    monkeypatch.setattr(autotune, "_PLANS", {})
+    monkeypatch.setattr(autotune, "_measures", lambda: True)
+    monkeypatch.setenv("JAXCNN_CACHE_DIR", "")
+    x, w = jnp.ones((16, 36, 36, 8), jnp.float32), jnp.ones((3, 3, 8, 32), jnp.float32)
+    jax.jit(lambda x, w: ops.conv2d_auto(x, w, padding=1)).lower(x, w)
+    assert "xla" in consts and "('xla', 'xla')" in consts
+    assert consts == dict.fromkeys(consts, 0)
+
+
 def test_all_plans_are_every_combination():
     assert len(autotune.all_plans()) == len(set(autotune.all_plans())) == 4**3 == len(PLANS)
 
