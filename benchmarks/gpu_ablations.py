@@ -52,13 +52,13 @@ def pool_study(args) -> None:
     candidates, images = {}, {}
     candidates["jaxcnn max-pool gradient"], images["jaxcnn max-pool gradient"], _ = step_candidate(
         "resnet50", args.resnet50_batch, shape, jnp.bfloat16, "jit")
-    own = pool._window_max
-    pool._window_max = lambda x, spec: pool._reduce(x, spec, -jnp.inf, lax.max)  # JAX differentiates this
+    own = pool.window_max
+    pool.window_max = lambda x, spec: pool._reduce(x, spec, -jnp.inf, lax.max)  # JAX differentiates this
     try:
         candidates["JAX's derivative"], images["JAX's derivative"], _ = step_candidate(
             "resnet50", args.resnet50_batch, shape, jnp.bfloat16, "jit")
     finally:
-        pool._window_max = own
+        pool.window_max = own
     report(f"ResNet-50 bf16 step, batch {args.resnet50_batch}: max-pool gradient",
            side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 

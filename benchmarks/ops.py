@@ -1,6 +1,6 @@
 """Forward and forward+backward time of the lax and im2col convs and pools, and BatchNorm, side by side.
 
-    python benchmarks/ops.py [--batch 128] [--rounds 7] [--only conv|passes|pool|norm]
+    python benchmarks/ops.py [--batch 128] [--rounds 7] [--only conv|passes|pool|maxpool|norm]
 
 Layer shapes are LeNet-5's (32x32x1 input) and ResNet-20's (CIFAR, 32x32x3),
 NHWC float32. Prints markdown tables: medians over rounds (spread: half the
@@ -10,7 +10,10 @@ them to YNNPACK); BatchNorm + ReLU as ``flax.linen.BatchNorm`` against
 ``jaxcnn.layers.BatchNorm`` (also on two ResNet-50 shapes). ``passes`` times each
 pass of each convolution (forward, weight gradient, input gradient) in every
 formulation ``conv2d_auto`` chooses among, and PyTorch's channels-last pass where
-torch is installed (2 threads). Runs after
+torch is installed (2 threads). ``maxpool`` times ``max_pool2d`` against
+``max_pool2d_auto`` (on the CPU, jaxcnn's FFI max pool) and PyTorch's channels-last
+max pool, on LeNet-5's, ResNet's and GoogLeNet's pools at their
+``benchmarks/vs_pytorch.py`` batches. Runs after
 ``jaxcnn.runtime.dispatch_cpu_inline()`` and ``tune_cpu_malloc()``, as training does.
 """
 
@@ -57,6 +60,18 @@ REDUCE_WINDOW_LAYERS = POOL_LAYERS + [
     ("googlenet 3x3/1 p1 on 16x16x192", (16, 16, 192), 3, 1, 1),
 ]
 
+
+# (name, input NHWC without batch, kernel, stride, padding, batch): max pools as the models train them
+# in benchmarks/vs_pytorch.py (GoogLeNet's with ceil_mode, at batch 16 and 112x112 images)
+MAX_POOL_LAYERS = [
+    ("lenet5 S2 2x2 on 28x28x6", (28, 28, 6), 2, 2, 0, 128),
+    ("resnet50 stem 3x3/2 on 32x32x64", (32, 32, 64), 3, 2, 1, 16),
+    ("googlenet 3x3/2 on 56x56x64", (56, 56, 64), 3, 2, 0, 16),
+    ("googlenet 3x3/2 on 28x28x192", (28, 28, 192), 3, 2, 0, 16),
+    ("googlenet 3x3/1 on 14x14x256", (14, 14, 256), 3, 1, 1, 16),
+    ("googlenet 3x3/1 on 7x7x512", (7, 7, 512), 3, 1, 1, 16),
+    ("googlenet 2x2/2 on 7x7x832", (7, 7, 832), 2, 2, 0, 16),
+]
 
 # BatchNorm + ReLU inputs (NHWC without batch, batch): ResNet-20's three stages, two ResNet-50 shapes
 NORM_LAYERS = [((32, 32, 16), 128), ((16, 16, 32), 128), ((8, 8, 64), 128), ((16, 16, 256), 16), ((2, 2, 2048), 16)]
@@ -167,11 +182,49 @@ def reduce_window_candidates(kind, shape, kernel, stride, padding, batch):
     return out
 
 
+def max_pool_candidates(shape, kernel, stride, padding, batch):
+    """max_pool2d (lax formulation), max_pool2d_auto and PyTorch's channels-last max pool (where torch is
+    installed), ceil_mode as GoogLeNet's: forward, and forward+backward of ``sum(pool(x) * c)``."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((batch, *shape)), jnp.float32)
+    kw = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=True)
+    c = jnp.asarray(rng.standard_normal(jax.eval_shape(lambda v: ops.max_pool2d(v, **kw), x).shape), jnp.float32)
+    out = {}
+    for name, pool in (("lax", ops.max_pool2d), ("auto", ops.max_pool2d_auto)):
+        f = functools.partial(pool, **kw)
+        fwd, g = runtime.jit(f), runtime.jit(jax.grad(lambda v, f=f: jnp.sum(f(v) * c)))
+        out[f"fwd {name}"] = lambda fwd=fwd: fwd(x)
+        out[f"fwd+bwd {name}"] = lambda g=g: g(x)
+    try:
+        import torch
+    except ImportError:
+        return out
+    torch.set_num_threads(2)
+    cl = torch.channels_last
+    tx = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous(memory_format=cl).requires_grad_()
+    tc = torch.from_numpy(np.array(c)).permute(0, 3, 1, 2).contiguous(memory_format=cl)
+
+    def torch_pool():
+        return torch.nn.functional.max_pool2d(tx, kernel, stride, padding, ceil_mode=True)
+
+    def torch_forward():
+        with torch.no_grad():
+            return torch_pool()
+
+    def torch_forward_backward():
+        tx.grad = None
+        torch_pool().backward(tc)
+        return tx.grad
+
+    return {**out, "fwd pytorch": torch_forward, "fwd+bwd pytorch": torch_forward_backward}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--only", choices=["conv", "passes", "pool", "norm"], help="one part (pool: both pool tables)")
+    parser.add_argument("--only", choices=["conv", "passes", "pool", "maxpool", "norm"],
+                        help="one part (pool: both pool tables)")
     args = parser.parse_args()
     runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
@@ -182,6 +235,8 @@ def main():
         pass_table(args)
     if args.only in (None, "pool"):
         pool_tables(args)
+    if args.only in (None, "maxpool"):
+        max_pool_table(args)
     if args.only in (None, "norm"):
         norm_table(args)
 
@@ -240,6 +295,27 @@ def pool_tables(args):
                 jax_t, ours = s[f"jax {p}"], s[f"jaxcnn {p}"]
                 print(f"| {kind} {name.replace(' max', '')} | {p} | {median(jax_t) * 1e3:.2f} {spread(jax_t)} | "
                       f"{median(ours) * 1e3:.2f} {spread(ours)} | {median(ours) / median(jax_t):.2f} |", flush=True)
+
+
+def max_pool_table(args):
+    print("\nMax pools (ceil_mode): jaxcnn's max_pool2d (lax formulation), max_pool2d_auto (on the CPU jaxcnn's "
+          "FFI kernels) and PyTorch channels-last, ms\n")
+    names = ("lax", "auto", "pytorch")
+    print("| pool (batch) | pass | lax | auto | pytorch | auto / lax | auto / pytorch |")
+    print("|---|---|---|---|---|---|---|")
+    totals = {}
+    for name, shape, kernel, stride, padding, batch in MAX_POOL_LAYERS:
+        s = side_by_side(max_pool_candidates(shape, kernel, stride, padding, batch), rounds=args.rounds)
+        for p in ("fwd", "fwd+bwd"):
+            t = {n: median(s[f"{p} {n}"]) for n in names if f"{p} {n}" in s}
+            for n, v in t.items():
+                totals[p, n] = totals.get((p, n), 0.0) + v
+            cells = [f"{t[n] * 1e3:.3f} {spread(s[f'{p} {n}'])}" if n in t else "n/a" for n in names]
+            ratios = [f"{t['auto'] / t[n]:.2f}" if n in t else "n/a" for n in ("lax", "pytorch")]
+            print(f"| {name} ({batch}) | {p} | {' | '.join(cells)} | {' | '.join(ratios)} |", flush=True)
+    for p in ("fwd", "fwd+bwd"):
+        sums = " ".join(f"{n} {totals[p, n] * 1e3:.2f} ms" for n in names if (p, n) in totals)
+        print(f"\nsum of medians, {p}: {sums}")
 
 
 def norm_table(args):

@@ -14,7 +14,9 @@ errors of
   largest error of forward and gradients over all plans;
 * each backend's reverse-mode gradient against central finite differences
   in float64, along a random direction of all inputs at once;
-* the im2col pooling variants against the ``lax.reduce_window`` ones;
+* the im2col pooling variants against the ``lax.reduce_window`` ones, and
+  ``max_pool2d_auto`` (on the CPU, jaxcnn's FFI max pool) against ``max_pool2d``:
+  forward and input gradient;
 
 and exits 1 if any error is above its tolerance. With ``--model NAME`` it checks
 one model instead, in float64: the ``im2col`` backend against ``xla`` (logits,
@@ -116,7 +118,8 @@ def random_pool_case(rng: np.random.Generator) -> PoolCase:
     dilation = tuple(int(d) for d in rng.integers(1, 3, 2)) if kind == "max" else (1, 1)
     padding = tuple(int(rng.integers(0, (d * (k - 1) + 1) // 2 + 1)) for k, d in zip(kernel, dilation))
     size = [d * (k - 1) + 1 + int(rng.integers(0, 5)) for k, d in zip(kernel, dilation)]
-    c, n = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    # max pools of 32 or 33 channels too: max_pool2d_auto's FFI kernels take 32 or more (channels-last)
+    c, n = int(rng.choice([1, 2, 3, 32, 33] if kind == "max" else [1, 2, 3])), int(rng.integers(1, 3))
     channels_last = bool(rng.integers(0, 2))
     kwargs = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=bool(rng.integers(0, 2)),
                   data_format="NHWC" if channels_last else "NCHW")
@@ -193,6 +196,9 @@ def check_pool(case: PoolCase, rng: np.random.Generator) -> dict[str, float]:
     dy = rng.standard_normal(jax.eval_shape(lax_fn, x).shape).astype(np.float32)
     expected, actual = _value_and_vjp(lax_fn, (x,), dy), _value_and_vjp(im2col_fn, (x,), dy)
     errors = {name: relative_error(a, e) for name, a, e in zip(("fwd", "dx"), actual, expected)}
+    if case.kind == "max":
+        auto = _value_and_vjp(lambda v: ops.max_pool2d_auto(v, **case.kwargs), (x,), dy)
+        errors["auto"] = max(relative_error(a, e) for a, e in zip(auto, expected))
     errors["fd lax"] = finite_difference_error(lax_fn, (x,), rng, eps=1e-6)
     errors["fd im2col"] = finite_difference_error(im2col_fn, (x,), rng, eps=1e-6)
     return errors
@@ -272,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num < 1:
         parser.error(f"--num must be >= 1, got {args.num}")
     fd_tol = args.fd_tol or (1e-5 if args.model else 1e-6)
-    tolerances = {c: args.tol for c in ("fwd", "dx", "dw", "db", "plans", "dparams")}
+    tolerances = {c: args.tol for c in ("fwd", "dx", "dw", "db", "plans", "auto", "dparams")}
     tolerances |= {f"fd {b}": fd_tol for b in ("lax", "xla", "im2col")}
 
     rng = np.random.default_rng(args.seed)

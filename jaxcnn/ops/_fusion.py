@@ -55,9 +55,7 @@ def _stored_kernel(x):
     built, ``x`` not varying over ``shard_map`` axes), else None."""
     from jaxcnn.ops import onednn  # here, not above: onednn imports im2col, which imports norm, which imports this
 
-    if jax.default_backend() == "cpu" and not jax.typeof(x).manual_axis_type.varying and onednn.available():
-        return onednn.stored
-    return None
+    return onednn.stored if onednn.takes(x) else None
 
 
 def wide_stored(x):

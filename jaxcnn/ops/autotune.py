@@ -44,9 +44,10 @@ oneDNN's kernels read it in both the forward and the weight gradient (they take 
 as a stored buffer already).
 
 Average pools with ``backend="auto"`` choose between the lax and the im2col
-formulation the same way, by the time of forward plus backward. Max pools always
-take the lax formulation, whose gradient is jaxcnn's own (see
-:func:`max_pool2d_auto`).
+formulation the same way, by the time of forward plus backward. Max pools are not
+measured: on the CPU a channels-last float32 max pool runs on jaxcnn's FFI kernels
+(:func:`jaxcnn.ops.onednn.max_pool`), elsewhere on the lax formulation, whose
+gradient is jaxcnn's own (see :func:`max_pool2d_auto`).
 """
 
 from __future__ import annotations
@@ -471,16 +472,24 @@ def _pool_auto(lax_fn, im2col_fn, x, kernel_size, stride, kwargs):
 
 def max_pool2d_auto(x, kernel_size, stride=None, *, padding=0, ceil_mode=False, dilation=1,
                     data_format="NHWC"):
-    """:func:`jaxcnn.ops.max_pool2d`, unmeasured: the lax formulation with jaxcnn's own gradient.
+    """:func:`jaxcnn.ops.max_pool2d`, unmeasured: on jaxcnn's FFI kernels where they take a channels-last
+    ``x`` (:func:`jaxcnn.ops.onednn.max_pool`, reverse-mode differentiable), else the lax formulation with
+    jaxcnn's own gradient.
 
-    Timed alone, im2col's max pool (its gradient an argmax gather and scatter) is
-    sometimes slightly faster (0.87-0.90x on LeNet-5's S2 and ResNet's 3x3/2 stem
-    on the CPU), and measuring picked it; inside whole training steps the lax
-    pool was faster wherever that happened (LeNet-5 auto step 1.09x, ResNet-50
-    1.03x, side by side with the conv plans fixed), so there is nothing to measure.
+    The FFI pool's forward + backward took 0.41x of the lax formulation's time on
+    GoogLeNet's pools and 0.77x of PyTorch's (``benchmarks/RESULTS.md``). Timed
+    alone, im2col's max pool (its gradient an argmax gather and scatter) is
+    sometimes slightly faster than lax's (0.87-0.90x on LeNet-5's S2 and ResNet's
+    3x3/2 stem on the CPU), and measuring picked it; inside whole training steps
+    the lax pool was faster wherever that happened (LeNet-5 auto step 1.09x,
+    ResNet-50 1.03x, side by side with the conv plans fixed), so there is nothing
+    to measure.
     """
-    return _pool.max_pool2d(x, kernel_size, stride, padding=padding, ceil_mode=ceil_mode, dilation=dilation,
-                            data_format=data_format)
+    x, spec = _pool.resolve_pool(x, 2, kernel_size, stride, padding, dilation, ceil_mode, data_format,
+                                 "max_pool2d_auto")
+    if spec.channels_last and onednn.max_pool_usable(x, spec.window):
+        return onednn.max_pool(x, spec.window)
+    return _pool.window_max(x, spec)
 
 
 def avg_pool2d_auto(x, kernel_size, stride=None, *, padding=0, ceil_mode=False, count_include_pad=True,

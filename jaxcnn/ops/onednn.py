@@ -12,7 +12,9 @@ C++ compiler against oneDNN from PyPI (``onednn-cpu-gomp`` and its headers,
 ``onednn-devel-cpu-gomp``: dependencies of jaxcnn on x86-64 Linux) and XLA's
 FFI headers from jaxlib, keeps the library in jaxcnn's cache directory, and
 registers the handlers. One more handler, :func:`stored`, returns its input
-as it is (aliased): a value XLA cannot fuse into its consumers.
+as it is (aliased): a value XLA cannot fuse into its consumers; and two more run
+a 2-D max pool and its gradient (:func:`max_pool`, plain loops over channels-last
+rows, for ``max_pool2d_auto``).
 
 ``conv2d_auto`` measures the ``"onednn"`` formulation of each pass beside the
 others where :func:`usable` says so: float32 on the CPU, the kernels built.
@@ -39,6 +41,7 @@ import ctypes
 import functools
 import hashlib
 import importlib.metadata
+import math
 import os
 import shutil
 import subprocess
@@ -57,7 +60,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn import runtime
 from jaxcnn.ops import lax_passes
-from jaxcnn.ops.im2col import Window
+from jaxcnn.ops.im2col import Window, tap_slices
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
 ONEDNN_LIBRARY, ONEDNN_HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # PyPI distributions
@@ -65,8 +68,10 @@ ONEDNN_LIBRARY, ONEDNN_HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # P
 FORWARD_TARGET, GRAD_INPUT_TARGET, GRAD_WEIGHT_TARGET = (
     "jaxcnn_onednn_forward", "jaxcnn_onednn_grad_input", "jaxcnn_onednn_grad_weight")
 STORED_TARGET = "jaxcnn_stored"
+MAX_POOL_TARGET, MAX_POOL_GRAD_TARGET = "jaxcnn_max_pool", "jaxcnn_max_pool_grad"
 HANDLERS = {FORWARD_TARGET: "JaxcnnOnednnForward", GRAD_INPUT_TARGET: "JaxcnnOnednnGradInput",
-            GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight", STORED_TARGET: "JaxcnnStored"}
+            GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight", STORED_TARGET: "JaxcnnStored",
+            MAX_POOL_TARGET: "JaxcnnMaxPool", MAX_POOL_GRAD_TARGET: "JaxcnnMaxPoolGrad"}
 
 
 class BuildError(RuntimeError):
@@ -104,7 +109,8 @@ def _compiler() -> str:
 
 
 def _compile_command(compiler: str, include_dir: str, lib_dir: str, output: str) -> list[str]:
-    return [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(), "-I", include_dir,
+    # -O3: GCC 12 vectorizes the max pool's channel loops only there (at -O2 they ran 9-20x slower)
+    return [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", "-w", "-I", jax.ffi.include_dir(), "-I", include_dir,
             SOURCE, "-o", output, f"-L{lib_dir}", "-ldnnl", f"-Wl,-rpath,{lib_dir}"]
 
 
@@ -180,6 +186,12 @@ def usable(dtype) -> bool:
     return jnp.dtype(dtype) == jnp.float32 and available()
 
 
+def takes(x) -> bool:
+    """Whether jaxcnn's FFI kernels run here on ``x``: the CPU backend, the kernels built (:func:`available`),
+    and ``x`` not varying over ``shard_map`` axes (an FFI call's result would not be typed as varying)."""
+    return jax.default_backend() == "cpu" and not jax.typeof(x).manual_axis_type.varying and available()
+
+
 # --- the three passes ---------------------------------------------------------------------------
 
 
@@ -215,35 +227,41 @@ def _batch_axes(sharding):
 
 @functools.cache
 def _batch_partitioned(target: str, out_shape, window: Window, groups: int):
-    """The kernel as one XLA program partitions it over a batch-sharded mesh (jit data parallelism).
-
-    Each device runs the kernel on its slice of the batch; the weight gradient,
-    a sum over the batch, is then summed over the batch's devices. Without this
-    XLA would gather the whole batch onto every device before the call.
-    """
+    """A convolution pass as one XLA program partitions it over a batch-sharded mesh (jit data parallelism):
+    each device runs it on its slice of the batch; the weight gradient, a sum over the batch, is then
+    summed over the batch's devices."""
     reduces_batch = target == GRAD_WEIGHT_TARGET
 
     def local(a, b):
         return _ffi(target, out_shape if reduces_batch else (a.shape[0], *out_shape[1:]), a, b, window, groups)
 
-    def summed_over(axes):
-        return lambda a, b: lax.psum(local(a, b), axes) if reduces_batch and axes is not None else local(a, b)
+    return _batch_sharded(local, (True, reduces_batch), _SHARDING_RULES[target], reduces_batch)
 
-    def result_sharding(mesh, axes):
-        return NamedSharding(mesh, P() if reduces_batch else P(axes))
 
-    def infer_sharding(mesh, arg_shapes, result_shape):
-        return result_sharding(mesh, _batch_axes(arg_shapes[0].sharding))
+def _batch_sharded(local, batched_args: tuple[bool, ...], sharding_rule: str, reduces_batch: bool = False):
+    """``local`` (FFI calls over batch-first arrays), run by each device on its slice of the batch.
+
+    The operands flagged in ``batched_args`` are sharded as the first operand's
+    batch, the others replicated; every result is sharded so too, or, where
+    ``reduces_batch``, replicated and summed over the batch's devices. Without
+    this XLA would gather the whole batch onto every device before the call.
+    Under ``vmap`` the call runs once per mapped element.
+    """
+
+    def result_shardings(mesh, arg_shapes, result_shape):
+        axes = _batch_axes(arg_shapes[0].sharding)
+        return jax.tree.map(lambda _: NamedSharding(mesh, P() if reduces_batch else P(axes)), result_shape)
 
     def partition(mesh, arg_shapes, result_shape):
         axes = _batch_axes(arg_shapes[0].sharding)
-        b_spec = P(axes) if reduces_batch else P()
-        arg_shardings = (NamedSharding(mesh, P(axes)), NamedSharding(mesh, b_spec))
-        return mesh, summed_over(axes), result_sharding(mesh, axes), arg_shardings
+        summed = reduces_batch and axes is not None
+        arg_shardings = tuple(NamedSharding(mesh, P(axes) if batched else P()) for batched in batched_args)
+        fn = (lambda *args: lax.psum(local(*args), axes)) if summed else local
+        return mesh, fn, result_shardings(mesh, arg_shapes, result_shape), arg_shardings
 
     kernel = custom_partitioning(local)
-    kernel.def_partition(infer_sharding_from_operands=infer_sharding, partition=partition,
-                         sharding_rule=_SHARDING_RULES[target])
+    kernel.def_partition(infer_sharding_from_operands=result_shardings, partition=partition,
+                         sharding_rule=sharding_rule)
     return jax.custom_batching.sequential_vmap(kernel)  # custom_partitioning has no batching rule
 
 
@@ -338,3 +356,112 @@ def _stored_partitioned(ndim: int):
     kernel.def_partition(infer_sharding_from_operands=infer_sharding, partition=partition,
                          sharding_rule=f"{factors} -> {factors}")
     return kernel
+
+
+# --- max pooling --------------------------------------------------------------------------------
+
+MAX_POOL_TAPS = 256  # the tap index is stored as one byte
+# Below 16 channels (one AVX-512 vector of floats) the kernels' channel loops run scalar and the call per
+# output and tap costs more than the work: 1.3-3.4x the lax formulation's time alone (LeNet-5's
+# 6-channel S2: 2.8x). At 16 they ran 0.49-1.08x alone, but LeNet-5's step with its 16-channel S4 on
+# them ran slower (2.96-3.17 against 2.69-2.79 ms); from 32, 0.38-0.82x (benchmarks/RESULTS.md).
+MAX_POOL_MIN_CHANNELS = 32
+
+
+def max_pool_usable(x, window: Window) -> bool:
+    """Whether ``max_pool2d_auto`` runs :func:`max_pool` on the channels-last 4-D ``x``: float32, at least
+    ``MAX_POOL_MIN_CHANNELS`` channels, at most ``MAX_POOL_TAPS`` taps per window, and :func:`takes` ``x``."""
+    return (x.ndim == 4 and jnp.dtype(x.dtype) == jnp.float32 and x.shape[-1] >= MAX_POOL_MIN_CHANNELS
+            and math.prod(window.kernel_size) <= MAX_POOL_TAPS and takes(x))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x, window: Window):
+    """NHWC float32 ``x`` max-pooled over the 2-D ``window`` (padding reads as ``-inf``): ``(N, OH, OW, C)``.
+
+    Equal to ``jaxcnn.ops.max_pool2d`` with that window, gradient included: each
+    output's cotangent goes to its window's first maximum in row-major window
+    order, or to its first NaN (NaN is the maximum, as in PyTorch). The forward
+    stores that tap's index (one byte per output) and the gradient adds each
+    cotangent to it, in two FFI calls that split the batch over XLA's CPU threads,
+    instead of XLA's strided slices, selects and pads: forward + backward 2.4x
+    faster on GoogLeNet's pools (``benchmarks/RESULTS.md``). Reverse mode only
+    (a ``custom_vjp``, as ``conv2d_auto``); the gradient's own derivative is
+    exact. Requires :func:`max_pool_usable`.
+    """
+    return _max_pool_with_index(x, window)[0]
+
+
+def _max_pool_bwd(window: Window, index, dy):
+    return (max_pool_grad(dy, index, window),)
+
+
+max_pool.defvjp(lambda x, window: _max_pool_with_index(x, window), _max_pool_bwd)
+
+
+def _pool_attribute(window: Window):
+    (top, bottom), (left, right) = window.padding
+    return np.array([*window.kernel_size, *window.stride, top, bottom, left, right, *window.dilation], np.int64)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _max_pool_with_index(x, window: Window):
+    """:func:`max_pool`'s output and, per output, the index of the tap it came from (uint8)."""
+    if not available():
+        raise BuildError(f"{MAX_POOL_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, once built")
+    return _max_pool_call(window)(x)
+
+
+@_max_pool_with_index.defjvp
+def _max_pool_with_index_jvp(window: Window, primals, tangents):
+    y, index = _max_pool_with_index(primals[0], window)
+    return (y, index), (_pick(tangents[0], index, window), np.zeros(index.shape, jax.dtypes.float0))
+
+
+def _pick(x, index, window: Window):
+    """Each window's tap ``index`` of ``x`` (lax): the max pool's tangent, linear in ``x``."""
+    return sum(jnp.where(index == tap, value, 0) for tap, value in enumerate(tap_slices(x, window)))
+
+
+@functools.cache
+def _max_pool_call(window: Window):
+    def local(x):
+        shape = (x.shape[0], *window.out_size, x.shape[3])
+        results = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint8))
+        return tuple(jax.ffi.ffi_call(MAX_POOL_TARGET, results)(x, window=_pool_attribute(window)))
+
+    return _batch_sharded(local, (True,), "b h w c -> b p q n, b p q n")
+
+
+@functools.cache
+def _max_pool_grad_call(window: Window):
+    def local(dy, index):
+        shape = (dy.shape[0], *window.in_size, dy.shape[3])
+        return jax.ffi.ffi_call(MAX_POOL_GRAD_TARGET, jax.ShapeDtypeStruct(shape, jnp.float32))(
+            dy, index, window=_pool_attribute(window))
+
+    return _batch_sharded(local, (True, True), "b p q c, b p q d -> b h w n")
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def max_pool_grad(dy, index, window: Window):
+    """The gradient of :func:`max_pool` for the cotangent ``dy`` and the forward's tap ``index``: ``(N, H, W, C)``.
+
+    Linear in ``dy``; its tangent is computed by lax (the same sums as slices,
+    selects and pads), so a second derivative is exact too.
+    """
+    if not available():
+        raise BuildError(f"{MAX_POOL_GRAD_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, once built")
+    return _max_pool_grad_call(window)(dy, index)
+
+
+@max_pool_grad.defjvp
+def _max_pool_grad_jvp(window: Window, primals, tangents):
+    dy, index = primals
+    return max_pool_grad(dy, index, window), _max_pool_grad_lax(tangents[0], index, window)
+
+
+def _max_pool_grad_lax(dy, index, window: Window):
+    """:func:`max_pool_grad` by lax: the transpose of :func:`_pick`."""
+    x_shape = jax.ShapeDtypeStruct((dy.shape[0], *window.in_size, dy.shape[3]), dy.dtype)
+    return jax.linear_transpose(lambda x: _pick(x, index, window), x_shape)(dy)[0]

@@ -1,5 +1,6 @@
-// oneDNN's 2-D convolution passes as XLA FFI handlers on the CPU, for jaxcnn.ops.onednn,
-// and a handler that stores a value as it is (jaxcnn.ops.onednn.stored).
+// oneDNN's 2-D convolution passes as XLA FFI handlers on the CPU, for jaxcnn.ops.onednn, a handler
+// that stores a value as it is (jaxcnn.ops.onednn.stored), and a 2-D max pool's two passes
+// (jaxcnn.ops.onednn.max_pool2d_nhwc; plain loops, not oneDNN's, for jaxcnn's tie and NaN rules).
 //
 // Layouts are jaxcnn's: activations NHWC, kernels HWIO (I = C / groups), float32.
 // Each handler takes the window as one int64 array attribute
@@ -21,6 +22,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -174,25 +177,23 @@ void run_chunk(Pass pass, Geometry g, int64_t begin, int64_t count, float* x, fl
 
 // The chunks of one call, each claimed once by whichever thread gets to it first.
 struct Chunks {
-  int64_t n = 0, total = 0;
+  int64_t total = 0;
+  std::function<void(int64_t)> run;  // chunk i; only called while the caller waits, so it may hold references
   std::atomic<int64_t> next{0};
   std::mutex mutex;
   std::condition_variable all_finished;
   int64_t finished = 0;
   std::string error;
-
-  int64_t begin(int64_t i) const { return n * i / total; }
 };
 
 // Claims and runs chunks until none is left; the shared state outlives a helper that starts late.
-void work(const std::shared_ptr<Chunks>& chunks, Pass pass, const Geometry& g, float* x, float* y,
-          const std::vector<float*>& weights) {
+void work(const std::shared_ptr<Chunks>& chunks) {
   Chunks& c = *chunks;
   for (int64_t i; (i = c.next.fetch_add(1)) < c.total;) {
     std::string error;
     try {
-      run_chunk(pass, g, c.begin(i), c.begin(i + 1) - c.begin(i), x, y, weights[i]);
-    } catch (const dnnl::error& e) {
+      c.run(i);
+    } catch (const std::exception& e) {
       error = e.what();
     }
     std::lock_guard<std::mutex> lock(c.mutex);
@@ -201,11 +202,29 @@ void work(const std::shared_ptr<Chunks>& chunks, Pass pass, const Geometry& g, f
   }
 }
 
+// Runs chunks 0..total-1 on the calling thread and on helpers scheduled on XLA's intra-op pool, each
+// chunk single-threaded; returns the first chunk's error message, or "". A chunk no helper has claimed
+// yet is simply run by the caller, so a call never waits on a busy pool.
+std::string run_chunks(ffi::ThreadPool& pool, int64_t total, std::function<void(int64_t)> run) {
+  auto chunks = std::make_shared<Chunks>();
+  chunks->total = total;
+  chunks->run = std::move(run);
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  for (int64_t h = 1; h < std::min(threads, total); ++h) pool.Schedule([chunks] { work(chunks); });
+  work(chunks);
+  std::unique_lock<std::mutex> lock(chunks->mutex);
+  chunks->all_finished.wait(lock, [&] { return chunks->finished == chunks->total; });
+  return chunks->error;
+}
+
+// First example of chunk i of total over a batch of n: every chunk holds n / total or one more.
+int64_t chunk_begin(int64_t n, int64_t i, int64_t total) { return n * i / total; }
+
 // How many chunks to split the batch into: one per thread of XLA's pool, if every chunk's plan keeps
 // the kernel (or dW) in one layout, so that one reordered kernel serves all and partial dWs add up.
 int64_t chunk_count(Pass pass, const Geometry& g, int64_t threads) {
   const int64_t total = std::max<int64_t>(1, std::min(g.n, threads));
-  Geometry small = g, large = g;  // Chunks::begin makes every chunk one of two sizes
+  Geometry small = g, large = g;  // chunk_begin makes every chunk one of two sizes
   small.n = g.n / total;
   large.n = (g.n + total - 1) / total;
   return plan_for(pass, small)->dnnl_w_md == plan_for(pass, large)->dnnl_w_md ? total : 1;
@@ -223,20 +242,17 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y,
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: bad window attribute");
   try {
     SingleThreadedOmp single_threaded;  // plans are created for the one thread that runs each chunk
-    const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-    auto chunks = std::make_shared<Chunks>();
-    chunks->n = g.n;
-    chunks->total = chunk_count(pass, g, threads);
+    const int64_t total = chunk_count(pass, g, std::max<int64_t>(1, pool.num_threads()));
     Geometry first = g;
-    first.n = chunks->begin(1);
+    first.n = chunk_begin(g.n, 1, total);
     const auto plan = plan_for(pass, first);
     auto& engine = cpu_engine();
     dnnl::stream stream(engine);
     memory user_w(plan->user_w_md, engine, w);
     // The kernel in oneDNN's layout (forward, dx), or one dW per chunk (the first in w if unreordered).
     std::vector<memory> buffers;
-    std::vector<float*> weights(chunks->total, w);
-    for (int64_t i = 0; i < (pass == kGradWeight ? chunks->total : 1); ++i) {
+    std::vector<float*> weights(total, w);
+    for (int64_t i = 0; i < (pass == kGradWeight ? total : 1); ++i) {
       if (!plan->reorder_w && i == 0) continue;
       buffers.emplace_back(plan->dnnl_w_md, engine);
       weights[i] = static_cast<float*>(buffers.back().get_data_handle());
@@ -247,17 +263,14 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y,
       stream.wait();
       std::fill(weights.begin(), weights.end(), weights[0]);
     }
-    for (int64_t h = 1; h < std::min(threads, chunks->total); ++h)
-      pool.Schedule([=] { work(chunks, pass, g, x, y, weights); });
-    work(chunks, pass, g, x, y, weights);
-    {
-      std::unique_lock<std::mutex> lock(chunks->mutex);
-      chunks->all_finished.wait(lock, [&] { return chunks->finished == chunks->total; });
-    }
-    if (!chunks->error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn onednn: " + chunks->error);
+    const std::string error = run_chunks(pool, total, [&](int64_t i) {
+      const int64_t begin = chunk_begin(g.n, i, total);
+      run_chunk(pass, g, begin, chunk_begin(g.n, i + 1, total) - begin, x, y, weights[i]);
+    });
+    if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn onednn: " + error);
     if (pass == kGradWeight) {
       const size_t size = plan->dnnl_w_md.get_size() / sizeof(float);
-      for (int64_t i = 1; i < chunks->total; ++i)
+      for (int64_t i = 1; i < total; ++i)
         for (size_t k = 0; k < size; ++k) weights[0][k] += weights[i][k];
       if (plan->reorder_w) {
         memory dnnl_w(plan->dnnl_w_md, engine, weights[0]);
@@ -300,6 +313,125 @@ ffi::Error stored(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   return ffi::Error::Success();
 }
 
+// --- max pooling, NHWC float32 ------------------------------------------------------------------
+// window = [kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
+//           dilation_h, dilation_w]. Padding reads as -inf. Each output is its window's maximum (NaN
+// if the window holds one), and the index of the tap it came from: the first tap equal to the
+// maximum, or the first NaN, in row-major window order, as jaxcnn.ops.max_pool2d's gradient picks.
+
+struct PoolGeometry {
+  int64_t n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pl, dh, dw;
+
+  PoolGeometry(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out, ffi::Span<const int64_t> win)
+      : n(in[0]), h(in[1]), w(in[2]), c(in[3]), oh(out[1]), ow(out[2]), kh(win[0]), kw(win[1]), sh(win[2]),
+        sw(win[3]), pt(win[4]), pl(win[6]), dh(win[8]), dw(win[9]) {}
+
+  // The input pixel of tap (a, b) of output (i, j), or -1 where it falls in the padding.
+  int64_t pixel(int64_t example, int64_t i, int64_t j, int64_t a, int64_t b) const {
+    const int64_t r = i * sh - pt + a * dh, s = j * sw - pl + b * dw;
+    return r < 0 || r >= h || s < 0 || s >= w ? -1 : (example * h + r) * w + s;
+  }
+};
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define JAXCNN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAXCNN_VECTOR_CLONES
+#endif
+
+// y, index = the running maximum and its tap, updated with tap `tap` (values x) over c channels.
+// Bitwise, branch-free: so that the compiler vectorizes it.
+JAXCNN_VECTOR_CLONES void take_larger(int64_t c, const float* __restrict x, float* __restrict y,
+                                      uint8_t* __restrict index, uint8_t tap) {
+  for (int64_t k = 0; k < c; ++k) {
+    const float v = x[k], m = y[k];
+    const bool take = (v > m) | ((v != v) & (m == m));  // larger, or the first NaN
+    y[k] = take ? v : m;
+    index[k] = take ? tap : index[k];
+  }
+}
+
+// dx += dy where the window's maximum came from tap `tap`, over c channels.
+JAXCNN_VECTOR_CLONES void add_where_tap(int64_t c, const float* __restrict dy, const uint8_t* __restrict index,
+                                        float* __restrict dx, uint8_t tap) {
+  for (int64_t k = 0; k < c; ++k) dx[k] += index[k] == tap ? dy[k] : 0.0f;
+}
+
+void max_pool_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* x, float* y,
+                       uint8_t* index) {
+  for (int64_t e = begin; e < end; ++e)
+    for (int64_t i = 0; i < g.oh; ++i)
+      for (int64_t j = 0; j < g.ow; ++j) {
+        const int64_t out = ((e * g.oh + i) * g.ow + j) * g.c;
+        for (int64_t a = 0, tap = 0; a < g.kh; ++a)
+          for (int64_t b = 0; b < g.kw; ++b, ++tap) {
+            const int64_t pixel = g.pixel(e, i, j, a, b);
+            if (tap == 0) {  // the first tap starts the maximum, padding (-inf) included
+              if (pixel < 0) std::fill(y + out, y + out + g.c, -std::numeric_limits<float>::infinity());
+              else std::memcpy(y + out, x + pixel * g.c, g.c * sizeof(float));
+              std::fill(index + out, index + out + g.c, uint8_t{0});
+            } else if (pixel >= 0) {  // a padding tap (-inf) never beats the maximum
+              take_larger(g.c, x + pixel * g.c, y + out, index + out, static_cast<uint8_t>(tap));
+            }
+          }
+      }
+}
+
+void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* dy,
+                            const uint8_t* index, float* dx) {
+  std::memset(dx + begin * g.h * g.w * g.c, 0, (end - begin) * g.h * g.w * g.c * sizeof(float));
+  for (int64_t e = begin; e < end; ++e)
+    for (int64_t i = 0; i < g.oh; ++i)
+      for (int64_t j = 0; j < g.ow; ++j) {
+        const int64_t out = ((e * g.oh + i) * g.ow + j) * g.c;
+        for (int64_t a = 0, tap = 0; a < g.kh; ++a)
+          for (int64_t b = 0; b < g.kw; ++b, ++tap) {
+            const int64_t pixel = g.pixel(e, i, j, a, b);
+            if (pixel >= 0) add_where_tap(g.c, dy + out, index + out, dx + pixel * g.c, static_cast<uint8_t>(tap));
+          }
+      }
+}
+
+ffi::Error check_pool_window(Window window) {
+  if (window.size() != 10 || window[0] * window[1] > 256)
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn max pool: bad window attribute");
+  return ffi::Error::Success();
+}
+
+// `examples(begin, end)` over the batch, one chunk per thread of XLA's pool (each example is independent).
+template <typename Examples>
+ffi::Error over_batch(ffi::ThreadPool& pool, int64_t n, Examples examples) {
+  const int64_t total = std::max<int64_t>(1, std::min<int64_t>(n, pool.num_threads()));
+  const std::string error = run_chunks(pool, total, [&](int64_t i) {
+    examples(chunk_begin(n, i, total), chunk_begin(n, i + 1, total));
+  });
+  if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn max pool: " + error);
+  return ffi::Error::Success();
+}
+
+using U8 = ffi::Buffer<ffi::U8, 4>;
+using U8Out = ffi::ResultBuffer<ffi::U8, 4>;
+
+ffi::Error max_pool(ffi::ThreadPool pool, F32 x, F32Out y, U8Out index, Window window) {
+  if (auto error = check_pool_window(window); error.failure()) return error;
+  const PoolGeometry g(x.dimensions(), y->dimensions(), window);
+  const float* xs = x.typed_data();
+  float* ys = y->typed_data();
+  uint8_t* indices = index->typed_data();
+  return over_batch(pool, g.n, [&](int64_t begin, int64_t end) { max_pool_examples(g, begin, end, xs, ys, indices); });
+}
+
+ffi::Error max_pool_grad(ffi::ThreadPool pool, F32 dy, U8 index, F32Out dx, Window window) {
+  if (auto error = check_pool_window(window); error.failure()) return error;
+  const PoolGeometry g(dx->dimensions(), dy.dimensions(), window);
+  const float* dys = dy.typed_data();
+  const uint8_t* indices = index.typed_data();
+  float* dxs = dx->typed_data();
+  return over_batch(pool, g.n, [&](int64_t begin, int64_t end) {
+    max_pool_grad_examples(g, begin, end, dys, indices, dxs);
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnForward, forward,
@@ -309,3 +441,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradInput, grad_input,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradWeight, grad_weight,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnStored, stored, ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPool, max_pool,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Ret<F32>().Ret<U8>().Attr<Window>("window"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPoolGrad, max_pool_grad,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<U8>().Ret<F32>().Attr<Window>("window"));

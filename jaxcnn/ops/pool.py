@@ -173,7 +173,7 @@ def _first_max(x, spec: PoolSpec):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _window_max(x, spec: PoolSpec):
+def window_max(x, spec: PoolSpec):
     """The windowed max (:func:`_reduce`) whose derivative goes to each window's first maximum.
 
     JAX's own derivative of a windowed max is XLA's ``select_and_scatter``; the
@@ -184,13 +184,13 @@ def _window_max(x, spec: PoolSpec):
     return _reduce(x, spec, -jnp.inf, lax.max)
 
 
-@_window_max.defjvp
+@window_max.defjvp
 def _window_max_jvp(spec: PoolSpec, primals, tangents):
     # The tangent of each output is the tangent of its window's first maximum,
     # selected among the kernel taps' strided slices. Transposed (the gradient),
     # each tap's slice goes back in place by an interior-padded lax.pad: no scatter.
     (x,), (x_dot,) = primals, tangents
-    y = _window_max(x, spec)
+    y = window_max(x, spec)
     taps = tap_slices(x, spec.window, -jnp.inf, spec.channels_last)
     first = jnp.full(y.shape, len(taps), np.min_scalar_type(len(taps)))
     for index in reversed(range(len(taps))):
@@ -210,7 +210,7 @@ def _window_max_jvp(spec: PoolSpec, primals, tangents):
 
 def _max_pool(x, ndim, kernel_size, stride, padding, dilation, ceil_mode, data_format, fn):
     x, spec = resolve_pool(x, ndim, kernel_size, stride, padding, dilation, ceil_mode, data_format, fn)
-    return _window_max(x, spec)
+    return window_max(x, spec)
 
 
 def _avg_pool(x, ndim, kernel_size, stride, padding, ceil_mode, count_include_pad, data_format, fn):
