@@ -476,8 +476,9 @@ def max_pool2d_auto(x, kernel_size, stride=None, *, padding=0, ceil_mode=False, 
     ``x`` (:func:`jaxcnn.ops.onednn.max_pool`, reverse-mode differentiable), else the lax formulation with
     jaxcnn's own gradient.
 
-    The FFI pool's forward + backward took 0.41x of the lax formulation's time on
-    GoogLeNet's pools and 0.77x of PyTorch's (``benchmarks/RESULTS.md``). Timed
+    The FFI pool's forward + backward took 0.24-0.42x of the lax formulation's
+    time on GoogLeNet's and ResNet-50's pools, 0.64-1.11x PyTorch's
+    (``benchmarks/ops.py --only maxpool``, ``benchmarks/RESULTS.md``). Timed
     alone, im2col's max pool (its gradient an argmax gather and scatter) is
     sometimes slightly faster than lax's (0.87-0.90x on LeNet-5's S2 and ResNet's
     3x3/2 stem on the CPU), and measuring picked it; inside whole training steps

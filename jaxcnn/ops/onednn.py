@@ -364,7 +364,8 @@ MAX_POOL_TAPS = 256  # the tap index is stored as one byte
 # Below 16 channels (one AVX-512 vector of floats) the kernels' channel loops run scalar and the call per
 # output and tap costs more than the work: 1.3-3.4x the lax formulation's time alone (LeNet-5's
 # 6-channel S2: 2.8x). At 16 they ran 0.49-1.08x alone, but LeNet-5's step with its 16-channel S4 on
-# them ran slower (2.96-3.17 against 2.69-2.79 ms); from 32, 0.38-0.82x (benchmarks/RESULTS.md).
+# them ran slower in two rounds of three (2.96, 3.00, 3.17 against 2.79, 2.69, 4.19 ms); from 32,
+# 0.38-0.82x (benchmarks/RESULTS.md).
 MAX_POOL_MIN_CHANNELS = 32
 
 
@@ -384,7 +385,7 @@ def max_pool(x, window: Window):
     order, or to its first NaN (NaN is the maximum, as in PyTorch). The forward
     stores that tap's index (one byte per output) and the gradient adds each
     cotangent to it, in two FFI calls that split the batch over XLA's CPU threads,
-    instead of XLA's strided slices, selects and pads: forward + backward 2.4x
+    instead of XLA's strided slices, selects and pads: forward + backward 2.4-4.2x
     faster on GoogLeNet's pools (``benchmarks/RESULTS.md``). Reverse mode only
     (a ``custom_vjp``, as ``conv2d_auto``); the gradient's own derivative is
     exact. Requires :func:`max_pool_usable`.

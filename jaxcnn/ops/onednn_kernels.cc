@@ -1,6 +1,6 @@
 // oneDNN's 2-D convolution passes as XLA FFI handlers on the CPU, for jaxcnn.ops.onednn, a handler
 // that stores a value as it is (jaxcnn.ops.onednn.stored), and a 2-D max pool's two passes
-// (jaxcnn.ops.onednn.max_pool2d_nhwc; plain loops, not oneDNN's, for jaxcnn's tie and NaN rules).
+// (jaxcnn.ops.onednn.max_pool; plain loops, not oneDNN's pooling, for jaxcnn's tie and NaN rules).
 //
 // Layouts are jaxcnn's: activations NHWC, kernels HWIO (I = C / groups), float32.
 // Each handler takes the window as one int64 array attribute
