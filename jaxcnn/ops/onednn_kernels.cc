@@ -357,39 +357,38 @@ JAXCNN_VECTOR_CLONES void add_where_tap(int64_t c, const float* __restrict dy, c
   for (int64_t k = 0; k < c; ++k) dx[k] += index[k] == tap ? dy[k] : 0.0f;
 }
 
-void max_pool_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* x, float* y,
-                       uint8_t* index) {
+// visit(out, tap, pixel) for each output of examples [begin, end) (out: its offset in values) and each
+// tap of its window in row-major order (pixel: the input pixel, or -1 in the padding).
+template <typename Visit>
+void for_each_tap(const PoolGeometry& g, int64_t begin, int64_t end, Visit visit) {
   for (int64_t e = begin; e < end; ++e)
     for (int64_t i = 0; i < g.oh; ++i)
       for (int64_t j = 0; j < g.ow; ++j) {
         const int64_t out = ((e * g.oh + i) * g.ow + j) * g.c;
         for (int64_t a = 0, tap = 0; a < g.kh; ++a)
-          for (int64_t b = 0; b < g.kw; ++b, ++tap) {
-            const int64_t pixel = g.pixel(e, i, j, a, b);
-            if (tap == 0) {  // the first tap starts the maximum, padding (-inf) included
-              if (pixel < 0) std::fill(y + out, y + out + g.c, -std::numeric_limits<float>::infinity());
-              else std::memcpy(y + out, x + pixel * g.c, g.c * sizeof(float));
-              std::fill(index + out, index + out + g.c, uint8_t{0});
-            } else if (pixel >= 0) {  // a padding tap (-inf) never beats the maximum
-              take_larger(g.c, x + pixel * g.c, y + out, index + out, static_cast<uint8_t>(tap));
-            }
-          }
+          for (int64_t b = 0; b < g.kw; ++b, ++tap) visit(out, tap, g.pixel(e, i, j, a, b));
       }
+}
+
+void max_pool_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* x, float* y,
+                       uint8_t* index) {
+  for_each_tap(g, begin, end, [&](int64_t out, int64_t tap, int64_t pixel) {
+    if (tap == 0) {  // the first tap starts the maximum, padding (-inf) included
+      if (pixel < 0) std::fill(y + out, y + out + g.c, -std::numeric_limits<float>::infinity());
+      else std::memcpy(y + out, x + pixel * g.c, g.c * sizeof(float));
+      std::fill(index + out, index + out + g.c, uint8_t{0});
+    } else if (pixel >= 0) {  // a padding tap (-inf) never beats the maximum
+      take_larger(g.c, x + pixel * g.c, y + out, index + out, static_cast<uint8_t>(tap));
+    }
+  });
 }
 
 void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* dy,
                             const uint8_t* index, float* dx) {
   std::memset(dx + begin * g.h * g.w * g.c, 0, (end - begin) * g.h * g.w * g.c * sizeof(float));
-  for (int64_t e = begin; e < end; ++e)
-    for (int64_t i = 0; i < g.oh; ++i)
-      for (int64_t j = 0; j < g.ow; ++j) {
-        const int64_t out = ((e * g.oh + i) * g.ow + j) * g.c;
-        for (int64_t a = 0, tap = 0; a < g.kh; ++a)
-          for (int64_t b = 0; b < g.kw; ++b, ++tap) {
-            const int64_t pixel = g.pixel(e, i, j, a, b);
-            if (pixel >= 0) add_where_tap(g.c, dy + out, index + out, dx + pixel * g.c, static_cast<uint8_t>(tap));
-          }
-      }
+  for_each_tap(g, begin, end, [&](int64_t out, int64_t tap, int64_t pixel) {
+    if (pixel >= 0) add_where_tap(g.c, dy + out, index + out, dx + pixel * g.c, static_cast<uint8_t>(tap));
+  });
 }
 
 ffi::Error check_pool_window(Window window) {
