@@ -60,7 +60,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcnn import runtime
 from jaxcnn.ops import lax_passes
-from jaxcnn.ops.im2col import Window, tap_slices
+from jaxcnn.ops.im2col import Window
+from jaxcnn.ops.pool import pick_taps
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_kernels.cc")
 ONEDNN_LIBRARY, ONEDNN_HEADERS = "onednn-cpu-gomp", "onednn-devel-cpu-gomp"  # PyPI distributions
@@ -416,12 +417,7 @@ def _max_pool_with_index(x, window: Window):
 @_max_pool_with_index.defjvp
 def _max_pool_with_index_jvp(window: Window, primals, tangents):
     y, index = _max_pool_with_index(primals[0], window)
-    return (y, index), (_pick(tangents[0], index, window), np.zeros(index.shape, jax.dtypes.float0))
-
-
-def _pick(x, index, window: Window):
-    """Each window's tap ``index`` of ``x`` (lax): the max pool's tangent, linear in ``x``."""
-    return sum(jnp.where(index == tap, value, 0) for tap, value in enumerate(tap_slices(x, window)))
+    return (y, index), (pick_taps(tangents[0], index, window), np.zeros(index.shape, jax.dtypes.float0))
 
 
 @functools.cache
@@ -463,6 +459,6 @@ def _max_pool_grad_jvp(window: Window, primals, tangents):
 
 
 def _max_pool_grad_lax(dy, index, window: Window):
-    """:func:`max_pool_grad` by lax: the transpose of :func:`_pick`."""
+    """:func:`max_pool_grad` by lax: the transpose of picking each window's tap ``index``."""
     x_shape = jax.ShapeDtypeStruct((dy.shape[0], *window.in_size, dy.shape[3]), dy.dtype)
-    return jax.linear_transpose(lambda x: _pick(x, index, window), x_shape)(dy)[0]
+    return jax.linear_transpose(lambda x: pick_taps(x, index, window), x_shape)(dy)[0]

@@ -200,12 +200,18 @@ def _window_max_jvp(spec: PoolSpec, primals, tangents):
         # Stored: transposed, each input's gradient reads ``first`` of every window
         # that holds it, and XLA's fusion would recompute it (and y) once per read.
         first = wide_stored(first)
-    tangent_taps = tap_slices(x_dot, spec.window, 0.0, spec.channels_last)
-    y_dot = sum(jnp.where(first == index, tap, 0) for index, tap in enumerate(tangent_taps))
+    y_dot = pick_taps(x_dot, first, spec.window, spec.channels_last)
     # Transposed, this stores the incoming cotangent; left to XLA's CPU fusion its
     # producer (an im2col input gradient, say) re-ran inside every tap's pad:
     # LeNet-5's auto step ran at half speed.
     return y, transposable_materialized(y_dot).astype(y.dtype)
+
+
+def pick_taps(x, first, window: Window, channels_last: bool = True):
+    """Of each window of ``x`` (zero padding), its tap ``first`` (the taps' row-major index, per output):
+    ``(N, *O, C)`` (``(N, C, *O)`` channels-first). A max pool's tangent, linear in ``x``."""
+    return sum(jnp.where(first == index, tap, 0)
+               for index, tap in enumerate(tap_slices(x, window, 0.0, channels_last)))
 
 
 def _max_pool(x, ndim, kernel_size, stride, padding, dilation, ceil_mode, data_format, fn):
