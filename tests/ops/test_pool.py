@@ -169,6 +169,25 @@ def test_max_pool_gradient_goes_to_a_nan_as_in_pytorch():
     np.testing.assert_array_equal(dx[0, :, :, 0], [[0, 1], [0, 0]])
 
 
+@pytest.mark.parametrize("compile_with", ["eager", "jax.jit"])
+def test_every_window_holding_a_nan_pools_to_nan_under_xlas_default_options(compile_with):
+    """Expected: the loops with each NaN read as +inf. XLA:CPU compiled with its defaults (eager ops,
+    plain jax.jit) hands a windowed ``max`` to YNNPACK, whose max drops NaN: before max_pool2d's
+    reduce-window spelled its max as a select, these 2x2 pools came back with none of their NaNs."""
+    rng = np.random.default_rng(0)
+    x = np.maximum(randn(rng, (4, 8, 8, 16)), 0)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    pool = (lambda v: ops.max_pool2d(v, 2))
+    y, vjp = jax.vjp(pool if compile_with == "eager" else jax.jit(pool), x)
+    dy = randn(rng, y.shape)
+    y_ref, dx_ref = ref.max_pool_loops(np.moveaxis(np.nan_to_num(x, nan=np.inf), -1, 1), (2, 2), (2, 2), (0, 0),
+                                       dy=np.moveaxis(dy, -1, 1))
+    y_ref[np.isinf(y_ref)] = np.nan
+    assert np.isnan(y_ref).sum() > 100
+    np.testing.assert_array_equal(y, np.moveaxis(y_ref, 1, -1).astype(np.float32))
+    assert_close(vjp(dy)[0], np.moveaxis(dx_ref, 1, -1))
+
+
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("pool_fn", [ops.max_pool2d, ops.avg_pool2d], ids=["max", "avg"])
 def test_pool_forward_mode_is_the_adjoint_of_its_gradient(pool_fn, data_format):
