@@ -254,6 +254,9 @@ def max_pool2d(x, kernel_size, stride=None, *, padding=0, ceil_mode=False, dilat
 
     Returns:
       ``(N, OH, OW, C)`` with ``OH = conv_output_size(H, KH, SH, padding, DH, ceil_mode)``.
+
+    As in PyTorch, a NaN is its window's maximum, and the gradient of each output
+    goes to its window's first maximum (first NaN) in row-major window order.
     """
     return _max_pool(x, 2, kernel_size, stride, padding, dilation, ceil_mode, data_format, "max_pool2d")
 
