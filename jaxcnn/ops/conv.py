@@ -189,6 +189,12 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, padding_m
       ``(N, OH, OW, O)`` (or ``(N, O, OH, OW)``), with
       ``OH = floor((H + top + bottom - dh*(KH-1) - 1) / sh) + 1`` and likewise ``OW``.
       ``x``, ``w`` and ``b`` are promoted to one float dtype, which the result has.
+
+    Its derivatives are JAX's. XLA:CPU runs the gradients' convolutions on its fast
+    (Eigen) path only at a program's top level: inside a loop (``lax.scan``,
+    gradient accumulation) ResNet-20's step on two micro-batches took 11.7 s
+    against 0.2 s for the whole batch. :func:`conv2d_auto` (training's default)
+    writes its gradients in that path's layout, and runs at full speed there.
     """
     return _conv(x, w, b, ndim=2, stride=stride, padding=padding, dilation=dilation, groups=groups,
                  padding_mode=padding_mode, data_format=data_format, fn="conv2d")
