@@ -3,14 +3,15 @@
 The ``"xla"`` formulation of ``conv2d_auto`` and the tangents of the oneDNN
 kernels (:mod:`jaxcnn.ops.onednn`). Each pass is linear in each of its arrays.
 
-The two gradients are written as convolutions in XLA:CPU's canonical layout
+On the CPU the two gradients are convolutions in XLA:CPU's canonical layout
 (NHWC input, HWIO kernel, NHWC output), with the transposes made explicit.
 Autodiff's transposes of :func:`forward` are the same sums in other layouts
 (``dW``'s reads ``x`` as ``f01b``), and XLA:CPU brings only a program's
 top-level convolutions to its canonical layout: inside a loop (``lax.scan``,
 as gradient accumulation runs) the others ran as naive loop nests. One
 ResNet-20 3x3 layer (64x32x32x16 -> 32 channels, stride 2), three passes in a
-scan: ``dW`` 625 -> 5.0 ms, ``dx`` 43 -> 6.7 ms; outside loops equal.
+scan: ``dW`` 625 -> 5.0 ms, ``dx`` 43 -> 6.7 ms; outside loops equal. Other
+backends keep autodiff's transposes, whose layouts their compilers choose.
 """
 
 from __future__ import annotations
@@ -41,12 +42,24 @@ def _unread(window: Window) -> tuple[int, ...]:
                  zip(window.padded_size, window.kernel_size, window.stride, window.dilation))
 
 
+def _autodiff_grad_input(dy, w, window: Window, groups: int):
+    x = jnp.zeros(input_shape(dy, w, window, groups), dy.dtype)  # the transpose does not read x's values
+    return jax.vjp(lambda x_: forward(x_, w, window, groups), x)[1](dy)[0]
+
+
+def _autodiff_grad_weight(x, dy, w_shape, window: Window, groups: int):
+    w = jnp.zeros(w_shape, x.dtype)  # the transpose does not read w's values
+    return jax.vjp(lambda w_: forward(x, w_, window, groups), w)[1](dy)[0]
+
+
 def grad_input(dy, w, window: Window, groups: int):
     """``dx`` of :func:`forward` for the cotangent ``dy``: ``(N, H, W, C)``.
 
-    ``dy`` dilated by the stride, convolved with ``w`` flipped, in and out channels
-    swapped within each group.
+    On the CPU ``dy`` dilated by the stride, convolved with ``w`` flipped, in and
+    out channels swapped within each group.
     """
+    if jax.default_backend() != "cpu":
+        return _autodiff_grad_input(dy, w, window, groups)
     kh, kw, c_group, o = w.shape
     flipped = jnp.flip(w, (0, 1)).reshape(kh, kw, c_group, groups, o // groups)
     w_t = flipped.transpose(0, 1, 4, 3, 2).reshape(kh, kw, o // groups, groups * c_group)
@@ -60,13 +73,12 @@ def grad_input(dy, w, window: Window, groups: int):
 def grad_weight(x, dy, w_shape, window: Window, groups: int):
     """``dW`` of :func:`forward` for the cotangent ``dy``: ``w_shape``, in ``x``'s dtype.
 
-    With one group, ``x`` as ``(C, H, W, N)`` (the batch as its channels)
-    convolved with ``dy`` as ``(OH, OW, N, O)``, strided by the forward's dilation
-    and dilated by its stride. Grouped, autodiff's transpose of :func:`forward`.
+    On the CPU with one group, ``x`` as ``(C, H, W, N)`` (the batch as its
+    channels) convolved with ``dy`` as ``(OH, OW, N, O)``, strided by the forward's
+    dilation and dilated by its stride. Grouped, autodiff's transpose of :func:`forward`.
     """
-    if groups > 1:
-        w = jnp.zeros(w_shape, x.dtype)  # the transpose does not read w's values
-        return jax.vjp(lambda w_: forward(x, w_, window, groups), w)[1](dy)[0]
+    if jax.default_backend() != "cpu" or groups > 1:
+        return _autodiff_grad_weight(x, dy, w_shape, window, groups)
     # Rows past the last window: cut from the high padding, then from x itself.
     cut = [max(r - hi, 0) for r, (_, hi) in zip(_unread(window), window.padding)]
     x = x[:, : x.shape[1] - cut[0], : x.shape[2] - cut[1]]

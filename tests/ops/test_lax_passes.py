@@ -35,12 +35,15 @@ def _nhwc(a):
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
 def test_the_three_passes_match_the_float64_loops(geometry):
+    """Both forms of each gradient: the CPU's canonical convolutions and autodiff's (other backends)."""
     (x, w, dy), (y_ref, dx_ref, dw_ref) = loop_reference_case(geometry)
     window, groups = _window(geometry), geometry[5]
     x, dy, w = _nhwc(x), _nhwc(dy), jnp.asarray(np.transpose(w, (2, 3, 1, 0)))
     assert_close(lax_passes.forward(x, w, window, groups), np.moveaxis(y_ref, 1, -1))
-    assert_close(lax_passes.grad_input(dy, w, window, groups), np.moveaxis(dx_ref, 1, -1))
-    assert_close(lax_passes.grad_weight(x, dy, w.shape, window, groups), np.transpose(dw_ref, (2, 3, 1, 0)))
+    for grad_input in (lax_passes.grad_input, lax_passes._autodiff_grad_input):
+        assert_close(grad_input(dy, w, window, groups), np.moveaxis(dx_ref, 1, -1))
+    for grad_weight in (lax_passes.grad_weight, lax_passes._autodiff_grad_weight):
+        assert_close(grad_weight(x, dy, w.shape, window, groups), np.transpose(dw_ref, (2, 3, 1, 0)))
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=IDS)
