@@ -10,7 +10,8 @@ channels_last (NHWC, its faster CPU layout for convolutions and BatchNorm), jaxc
 compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated.
 Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3), a
 bottleneck ResNet-50 (batch 16, 64x64x3), DenseNet-BC-100 (k=12; batch 64,
-32x32x3) and GoogLeNet (batch 16, 112x112x3).
+32x32x3), GoogLeNet (batch 16, 112x112x3) and VGG-16 with BatchNorm and the CIFAR
+head (batch 32, 32x32x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
 median of the ratios within each round (so drift in the machine's load cancels),
@@ -196,13 +197,34 @@ def torch_models():
         def forward(self, x):
             return self.fc(self.dropout(self.features(x).mean(dim=(2, 3))))
 
+    class VGG16BN(nn.Module):
+        """torchvision's VGG-16 with BatchNorm, its head one linear layer on the pooled features
+        (``jaxcnn.models.vgg``'s ``vgg16_bn`` with ``head="cifar"``)."""
+
+        def __init__(self):
+            super().__init__()
+            from jaxcnn.models.vgg import CONFIGS
+
+            layers, cin = [], 3
+            for v in CONFIGS[16]:
+                if v == "M":
+                    layers.append(nn.MaxPool2d(2))
+                    continue
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+                cin = v
+            self.features, self.fc = nn.Sequential(*layers), nn.Linear(cin, 10)
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean(dim=(2, 3)))
+
     return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50, "densenet_bc_100_12": DenseNetBC100,
-            "googlenet": GoogLeNet}
+            "googlenet": GoogLeNet, "vgg16_bn": VGG16BN}
 
 
 TORCH_LAYOUTS = ("NCHW", "NHWC")  # PyTorch's default, and channels_last
 MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3)),
-          "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3))}
+          "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3)), "vgg16_bn": (32, (32, 32, 3))}
+MODEL_OPTIONS = {"vgg16_bn": {"head": "cifar"}}  # the CIFAR-10 VGG of experiments/vgg16_cifar10.py
 
 
 def torch_step(name, batch, shape, channels_last=False):
@@ -266,7 +288,7 @@ def per_round_ratio(torch_seconds, jax_seconds) -> str:
 
 
 def jax_step(name, batch, shape, backend):
-    model = models.create(name, num_classes=10, conv_backend=backend)
+    model = models.create(name, num_classes=10, conv_backend=backend, **MODEL_OPTIONS.get(name, {}))
     tx = optax.sgd(0.01, momentum=0.9)
     step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
                                          schedule=optax.constant_schedule(0.01), cfg=StepConfig()), donate_argnums=0)
