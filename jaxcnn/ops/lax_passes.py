@@ -79,11 +79,8 @@ def grad_weight(x, dy, w_shape, window: Window, groups: int):
     """
     if jax.default_backend() != "cpu" or groups > 1:
         return _autodiff_grad_weight(x, dy, w_shape, window, groups)
-    # Rows past the last window: cut from the high padding, then from x itself.
-    unread = _unread(window)
-    cut = [max(r - hi, 0) for r, (_, hi) in zip(unread, window.padding)]
-    x = x[:, : x.shape[1] - cut[0], : x.shape[2] - cut[1]]
-    pads = [(lo, max(hi - r, 0)) for r, (lo, hi) in zip(unread, window.padding)]
+    # Rows past the last window are cut off the high side (a negative padding where they are x's own).
+    pads = [(lo, hi - r) for r, (lo, hi) in zip(_unread(window), window.padding)]
     dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3).astype(x.dtype),
                                   window.dilation, pads, rhs_dilation=window.stride, dimension_numbers=_CANONICAL)
     return dw.transpose(1, 2, 0, 3)
