@@ -38,30 +38,15 @@ import optax
 from jax.profiler import ProfileData
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import block, machine, median, side_by_side, spread  # noqa: E402
+from timing import block, machine, matmul_peak_tflops, median, side_by_side, spread, train_flops_per_image  # noqa: E402
 
 from jaxcnn import models  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, parallel, train_step  # noqa: E402
 
 
-def matmul_peak_tflops(dtype, size: int = 8192, rounds: int = 5) -> float:
-    """Measured TFLOP/s of a ``size``-cubed matmul per device, the utilisation denominator."""
-    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-    f = jax.jit(lambda a: a @ a)
-    s = side_by_side({"mm": lambda: f(a)}, rounds=rounds, min_time=0.5)
-    return 2 * size**3 / median(s["mm"]) / 1e12
-
-
 def num_classes(name: str) -> int:
     """ImageNet's 1000 classes for ResNet-50, CIFAR/MNIST's 10 for the small models."""
     return 1000 if name == "resnet50" else 10
-
-
-def train_flops_per_image(name: str, image_shape) -> float:
-    """Model FLOPs of one image's training step: forward conv/dense FLOPs times 3 (forward,
-    input gradient, weight gradient)."""
-    rows, _ = models.layer_table(models.create(name, num_classes=num_classes(name)), image_shape)
-    return 3.0 * sum(r.flops for r in rows)
 
 
 def step_candidate(name, per_device_batch, image_shape, dtype, mode, conv_backend="xla"):
@@ -209,14 +194,14 @@ def main():
               "resnet20": (128, (32, 32, 3), jnp.float32), "lenet5": (128, (32, 32, 1), jnp.float32)}
     peaks = {}
     for dtype in {setups[m][2] for m in args.models.split(",")}:
-        peaks[jnp.dtype(dtype).name] = matmul_peak_tflops(dtype)
+        peaks[jnp.dtype(dtype).name] = matmul_peak_tflops(dtype, size=8192)
         print(f"measured {jnp.dtype(dtype).name} matmul peak: {peaks[jnp.dtype(dtype).name]:.1f} TFLOP/s per device")
     print()
     table = ["| model (global batch, dtype) | mode | images/s | per device | compile s | GFLOP/image "
              "| TFLOP/s/device | MFU |", "|---|---|---|---|---|---|---|---|"]
     for name in args.models.split(","):
         per_device, shape, dtype = setups[name]
-        flops = train_flops_per_image(name, shape)
+        flops = train_flops_per_image(models.create(name, num_classes=num_classes(name)), shape)
         candidates, batches, compile_s = {}, {}, {}
         for mode in args.modes.split(","):
             candidates[mode], batches[mode], compile_s[mode] = step_candidate(name, per_device, shape, dtype, mode)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import jax
 
-from jaxcnn import runtime
+from jaxcnn import models, runtime
 
 
 def block(tree):
@@ -55,6 +55,23 @@ def spread(samples: list[float]) -> str:
     """Interquartile range as a percentage of the median."""
     q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
     return f"±{(q[2] - q[0]) / 2 / statistics.median(samples) * 100:.0f}%"
+
+
+def matmul_peak_tflops(dtype, *, size: int, rounds: int = 5) -> float:
+    """Measured TFLOP/s of a ``size``-cubed matmul on the default device, compiled as jaxcnn's
+    steps are (:func:`jaxcnn.runtime.jit`): the denominator of model FLOPs utilisation."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    f = runtime.jit(lambda a: a @ a)
+    s = side_by_side({"mm": lambda: f(a)}, rounds=rounds, min_time=0.5)
+    return 2 * size**3 / median(s["mm"]) / 1e12
+
+
+def train_flops_per_image(model, image_shape) -> float:
+    """Model FLOPs of one image's training step: the forward convolution and dense FLOPs of
+    :func:`jaxcnn.models.layer_table` times 3 (forward, input gradient, weight gradient; the
+    convention of MLPerf and PaLM's MFU, which counts the first layer's unneeded input gradient too)."""
+    rows, _ = models.layer_table(model, image_shape)
+    return 3.0 * sum(r.flops for r in rows)
 
 
 def machine() -> str:

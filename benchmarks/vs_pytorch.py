@@ -23,7 +23,10 @@ slower there. Both processes run after ``jaxcnn.runtime.tune_cpu_malloc()``, and
 jaxcnn after ``dispatch_cpu_inline()`` (what the training loop does on CPU;
 ``--async_dispatch`` keeps JAX's default dispatch instead, for comparison). The single layers run
 both frameworks in this process.
-Also reported per jaxcnn backend: the time to the first step (tracing,
+Also reported: each candidate's model FLOPs per second (3 x the forward convolution and
+dense FLOPs per image, :func:`jaxcnn.models.layer_table`) and their share of a
+2048-cubed float32 matmul's rate measured in the same run (model FLOPs utilisation);
+per jaxcnn backend, the time to the first step (tracing,
 autotuning for ``auto``, compiling) and the process's peak resident memory
 after all models ran. jaxcnn's per-machine cache is off unless ``JAXCNN_CACHE_DIR``
 is set, so ``auto`` measures its plans afresh in every run (``startup.py`` measures
@@ -47,7 +50,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import machine, median, side_by_side, spread  # noqa: E402
+from timing import machine, matmul_peak_tflops, median, side_by_side, spread, train_flops_per_image  # noqa: E402
 
 from jaxcnn import models, ops, runtime  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
@@ -287,8 +290,12 @@ def per_round_ratio(torch_seconds, jax_seconds) -> str:
     return f"{median(ratios):.2f} {spread(ratios)}"
 
 
+def jax_model(name, backend="xla"):
+    return models.create(name, num_classes=10, conv_backend=backend, **MODEL_OPTIONS.get(name, {}))
+
+
 def jax_step(name, batch, shape, backend):
-    model = models.create(name, num_classes=10, conv_backend=backend, **MODEL_OPTIONS.get(name, {}))
+    model = jax_model(name, backend)
     tx = optax.sgd(0.01, momentum=0.9)
     step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
                                          schedule=optax.constant_schedule(0.01), cfg=StepConfig()), donate_argnums=0)
@@ -362,12 +369,14 @@ def main():
                 for name in args.models.split(",") for layout in TORCH_LAYOUTS}
     print(f"`python {' '.join(sys.argv)}` on {machine()}, "
           f"torch {next(iter(children.values())).version}, PyTorch's steps in child processes\n")
+    peak = matmul_peak_tflops(jnp.float32, size=2048) * 1e3
+    print(f"measured float32 matmul peak (2048^3, XLA): {peak:.0f} GFLOP/s\n")
     references = [f"PyTorch {layout}" for layout in TORCH_LAYOUTS]
     print("| model (batch) | " + " | ".join(f"{r} images/s" for r in references) + " | "
           + " | ".join(f"jaxcnn {b} images/s" for b in backends) + " | "
           + " | ".join(f"{b} / {r}" for b in backends for r in references) + " |")
     print("|---" * (1 + len(references) + len(backends) + len(backends) * len(references)) + "|")
-    first_step = {}
+    first_step, utilisation = {}, []
     for name in args.models.split(","):
         batch, shape = MODELS[name]
         cands = {f"PyTorch {layout}": children[name, layout] for layout in TORCH_LAYOUTS}
@@ -378,8 +387,16 @@ def main():
         print(f"| {name} ({batch}) | "
               + " | ".join(f"{rate[k]:,.0f} {spread(s[k])}" for k in references + backends) + " | "
               + " | ".join(per_round_ratio(s[r], s[b]) for b in backends for r in references) + " |", flush=True)
+        flops = train_flops_per_image(jax_model(name), shape)
+        utilisation.append(f"| {name} | {flops / 1e9:.3g} | " + " | ".join(
+            f"{rate[k] * flops / 1e9:,.0f} ({rate[k] * flops / 1e9 / peak:.0%})" for k in references + backends) + " |")
         for layout in TORCH_LAYOUTS:
             children[name, layout].close()
+    print("\nModel FLOPs per second (3 x the forward convolution and dense FLOPs per image) and, in brackets,"
+          " their share of the matmul peak:\n")
+    print("| model | GFLOP/image | " + " | ".join(f"{k} GFLOP/s" for k in references + backends) + " |")
+    print("|---" * (2 + len(references) + len(backends)) + "|")
+    print("\n".join(utilisation))
     print("\n| model | " + " | ".join(f"{b}: first step s" for b in backends) + " |")
     print("|---" * (1 + len(backends)) + "|")
     for name in args.models.split(","):
