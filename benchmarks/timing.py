@@ -68,8 +68,9 @@ def matmul_peak_tflops(dtype, *, size: int, rounds: int = 5) -> float:
 
 def train_flops_per_image(model, image_shape) -> float:
     """Model FLOPs of one image's training step: the forward convolution and dense FLOPs of
-    :func:`jaxcnn.models.layer_table` times 3 (forward, input gradient, weight gradient; the
-    convention of MLPerf and PaLM's MFU, which counts the first layer's unneeded input gradient too)."""
+    :func:`jaxcnn.models.layer_table` times 3 (forward, input gradient, weight gradient). The first
+    layer's input gradient, which no step computes, is counted too, so the figure is a model's, not a
+    count of the work done."""
     rows, _ = models.layer_table(model, image_shape)
     return 3.0 * sum(r.flops for r in rows)
 

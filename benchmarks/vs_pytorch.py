@@ -388,8 +388,9 @@ def main():
               + " | ".join(f"{rate[k]:,.0f} {spread(s[k])}" for k in references + backends) + " | "
               + " | ".join(per_round_ratio(s[r], s[b]) for b in backends for r in references) + " |", flush=True)
         flops = train_flops_per_image(jax_model(name), shape)
-        utilisation.append(f"| {name} | {flops / 1e9:.3g} | " + " | ".join(
-            f"{rate[k] * flops / 1e9:,.0f} ({rate[k] * flops / 1e9 / peak:.0%})" for k in references + backends) + " |")
+        gflops = {k: rate[k] * flops / 1e9 for k in references + backends}
+        utilisation.append(f"| {name} | {flops / 1e9:.3g} | "
+                           + " | ".join(f"{g:,.0f} ({g / peak:.0%})" for g in gflops.values()) + " |")
         for layout in TORCH_LAYOUTS:
             children[name, layout].close()
     print("\nModel FLOPs per second (3 x the forward convolution and dense FLOPs per image) and, in brackets,"
