@@ -33,7 +33,7 @@ _PROBE = textwrap.dedent("""
     else:
         f = jax.jit(lambda v: jnp.full((2**29 + 2**25,), v))
         args = (jnp.float32(1.0),)
-    for _ in range(3):
+    for _ in range(6):  # the kept heap reaches its size: it grew on up to 3 of the first 4 calls, never later
         f(*args).block_until_ready()
     faults = []
     for _ in range(int(sys.argv[3])):
@@ -62,8 +62,10 @@ def test_inline_dispatch_reuses_large_temporaries():
 @pytest.mark.skipif(not runtime.tune_cpu_malloc(), reason="tune_cpu_malloc needs glibc")
 def test_a_buffer_above_2_gib_is_reused_too():
     """glibc's mmap threshold cannot be raised past 2 GiB (a C int); with mmap off a 2.1 GiB output is
-    still served from the kept heap (mapped afresh, each call took ~550,000 faults)."""
-    assert _faults_per_call("inline", "2GiB", calls=3) < 1000
+    still served from the kept heap (mapped afresh, each call took ~550,000 faults). The heap can take
+    up to three such outputs before it stops growing, as the previous output is sometimes freed only after
+    the next call allocated its own; so the median of five calls after the warm-up."""
+    assert _faults_per_call("inline", "2GiB", calls=5) < 1000
 
 
 def _conv_and_dot(x, w, a):
