@@ -48,10 +48,15 @@ def _loss_and_grads(apply_fn, state: TrainState, params, batch_stats, images, la
         if cfg.l2:
             loss = loss + l2_penalty(p, cfg.l2)
         sums = losses.metric_sums(cfg.loss, logits, labels, per_example)
-        return loss * state.loss_scale, (loss, sums, updates.get("batch_stats", {}))
+        scaled = loss * state.loss_scale if cfg.dynamic_loss_scale else loss
+        return scaled, (loss, sums, updates.get("batch_stats", {}))
 
     (_, (loss, sums, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, sums, new_stats, jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
+    if cfg.dynamic_loss_scale:
+        grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
+    # Unscaled, the gradients go to the update as the backward pass wrote them: dividing by a
+    # scale of 1 is exact but is one more pass over every gradient on the CPU.
+    return loss, sums, new_stats, grads
 
 
 def _microbatches(x, k: int):
