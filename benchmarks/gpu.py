@@ -3,7 +3,12 @@
     python benchmarks/gpu.py [--rounds 5] [--resnet50_batch 256] [--image_size 224] [--pytorch] [--profile TOP]
 
 Needs jaxcnn's dependencies other than TensorFlow (jax, flax, optax, ml_collections; no
-PyTorch), so it runs on an accelerator machine without TensorFlow. Every model trains
+PyTorch), so it runs on an accelerator machine without TensorFlow. Where that machine
+lacks ml_collections and cannot reach an index, take its wheel along: here
+``pip download --no-deps -d .device_wheels ml-collections`` (untracked, so it travels
+with the working tree), there ``pip install --no-deps --no-index .device_wheels/*.whl``
+before the run (checked with TensorFlow, PyTorch, scikit-learn and matplotlib
+unimportable: ``--models lenet5,resnet20`` runs on the CPU). Every model trains
 with jaxcnn's own ``train_step`` (SGD with Nesterov momentum, cross-entropy) on a
 synthetic batch resident on the devices, with the state donated, in each parallel mode
 over all local devices: ``jit`` (sharded batch, compiler-inserted all-reduce) and
