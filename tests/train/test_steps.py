@@ -87,6 +87,17 @@ def test_ema_tracks_the_weights():
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), state.ema_params, expected)
 
 
+def test_without_dynamic_loss_scaling_the_stored_scale_leaves_the_update_alone():
+    # Scaling the loss by 3 and the gradients back by 1/3 would round differently; unscaled, the
+    # step writes what the backward pass computed, whatever scale the state holds.
+    batch = _digits_batch()
+    _, state, step = _setup(tx=optax.sgd(0.1))
+    plain, _ = step(state, batch)
+    other, _ = step(state.replace(loss_scale=jnp.asarray(3.0, jnp.float32)), batch)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(plain.params),
+                           jax.device_get(other.params))
+
+
 def test_float16_dynamic_loss_scale_halves_on_overflow_and_skips():
     batch = _digits_batch()
     _, state, step = _setup(dtype=jnp.float16, cfg=StepConfig(dynamic_loss_scale=True), loss_scale=2.0**15)
