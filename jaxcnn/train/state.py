@@ -25,7 +25,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     ema_params: Any  # {} unless config.optimizer.ema_decay > 0
-    loss_scale: jax.Array  # dynamic loss scale (float16 compute); 1 otherwise
+    loss_scale: jax.Array  # dynamic loss scale (float16 compute); read only with StepConfig.dynamic_loss_scale
     good_steps: jax.Array  # steps since the loss scale last changed
     nonfinite_step: jax.Array  # first step whose loss was not finite, -1 while all are
 

@@ -91,7 +91,8 @@ def train_step(state: TrainState, batch: dict, *, apply_fn, tx: optax.GradientTr
     gradients are averaged (BatchNorm statistics advance micro-batch by micro-batch).
     A non-finite loss records the step in ``nonfinite_step`` and freezes the
     state there (later steps change nothing) until the loop notices; with float16
-    dynamic loss scaling, non-finite gradients instead halve the scale and skip
+    dynamic loss scaling (``cfg.dynamic_loss_scale``; the only case that reads
+    ``state.loss_scale``), non-finite gradients instead halve the scale and skip
     the update.
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
