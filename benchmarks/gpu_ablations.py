@@ -1,6 +1,6 @@
 """Accelerator ablations: what one change is worth inside a whole training step, side by side.
 
-    python benchmarks/gpu_ablations.py [--studies pool,stem,auto,steps_per_call] [--rounds 5]
+    python benchmarks/gpu_ablations.py [--studies pool,stem,auto,batchnorm,steps_per_call] [--rounds 5]
 
 Each study builds its candidates in one process with ``gpu.py``'s step (jaxcnn's
 ``train_step``, SGD with Nesterov momentum, synthetic data on the device, state donated)
@@ -14,6 +14,10 @@ and times them in alternating rounds:
 - ``auto``: ResNet-50 (bfloat16) and ResNet-20 (float32) with ``conv_backend="xla"``
   against ``"auto"``, which off the CPU takes the xla formulation for every layer without
   measuring, but through its own custom-VJP boundary: this checks that costs nothing.
+- ``batchnorm``: ResNet-50 (bfloat16) with the models' ``jaxcnn.layers.BatchNorm``
+  (closed-form gradient, written for the CPU but run everywhere) against
+  ``flax.linen.BatchNorm`` (autodiff through the statistics), patched in for the second
+  candidate: whether the closed form should stay on every backend.
 - ``steps_per_call``: LeNet-5 and ResNet-20 (float32, batch 128) with one jitted step
   per call against ``--k`` steps per call under ``lax.scan`` (host dispatch amortised).
 """
@@ -25,6 +29,7 @@ import functools
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,6 +40,7 @@ from gpu import step_candidate  # noqa: E402
 from timing import machine, median, side_by_side, spread  # noqa: E402
 
 from jaxcnn import models  # noqa: E402
+from jaxcnn.models import common  # noqa: E402
 from jaxcnn.ops import pool  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
 
@@ -85,6 +91,23 @@ def auto_study(args) -> None:
                side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 
 
+def batchnorm_study(args) -> None:
+    shape = (args.image_size, args.image_size, 3)
+    candidates, images = {}, {}
+    label = "jaxcnn.layers.BatchNorm"
+    candidates[label], images[label], _ = step_candidate("resnet50", args.resnet50_batch, shape, jnp.bfloat16, "jit")
+    own = common.BatchNorm
+    common.BatchNorm = nn.BatchNorm  # same arguments and variables; common.batch_norm builds it by name
+    try:
+        label = "flax.linen.BatchNorm"
+        candidates[label], images[label], _ = step_candidate("resnet50", args.resnet50_batch, shape, jnp.bfloat16,
+                                                             "jit")
+    finally:
+        common.BatchNorm = own
+    report(f"ResNet-50 bf16 step, batch {args.resnet50_batch}: BatchNorm",
+           side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
+
+
 def scanned_steps(name: str, shape, batch: int, k: int):
     """Two zero-argument callables: one jitted train step per call, and ``k`` per call (``lax.scan``)."""
     model = models.create(name, num_classes=10)
@@ -114,7 +137,8 @@ def steps_per_call_study(args) -> None:
                side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 
 
-STUDIES = {"pool": pool_study, "stem": stem_study, "auto": auto_study, "steps_per_call": steps_per_call_study}
+STUDIES = {"pool": pool_study, "stem": stem_study, "auto": auto_study, "batchnorm": batchnorm_study,
+           "steps_per_call": steps_per_call_study}
 
 
 def main():
