@@ -52,10 +52,10 @@ def _loss_and_grads(apply_fn, state: TrainState, params, batch_stats, images, la
         return scaled, (loss, sums, updates.get("batch_stats", {}))
 
     (_, (loss, sums, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    # Only a dynamic scale is divided out: dividing by the constant scale of 1 would be exact, but
+    # XLA:CPU cannot fold a runtime scale, and it was one more pass over every gradient.
     if cfg.dynamic_loss_scale:
         grads = jax.tree_util.tree_map(lambda g: g / state.loss_scale, grads)
-    # Unscaled, the gradients go to the update as the backward pass wrote them: dividing by a
-    # scale of 1 is exact but is one more pass over every gradient on the CPU.
     return loss, sums, new_stats, grads
 
 
