@@ -28,6 +28,7 @@ import argparse
 import functools
 import sys
 from pathlib import Path
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -58,13 +59,10 @@ def pool_study(args) -> None:
     candidates, images = {}, {}
     candidates["jaxcnn max-pool gradient"], images["jaxcnn max-pool gradient"], _ = step_candidate(
         "resnet50", args.resnet50_batch, shape, jnp.bfloat16, "jit")
-    own = pool.window_max
-    pool.window_max = lambda x, spec: pool._reduce(x, spec, -jnp.inf, lax.max)  # JAX differentiates this
-    try:
+    jax_derivative = lambda x, spec: pool._reduce(x, spec, -jnp.inf, lax.max)  # JAX differentiates this
+    with mock.patch.object(pool, "window_max", jax_derivative):
         candidates["JAX's derivative"], images["JAX's derivative"], _ = step_candidate(
             "resnet50", args.resnet50_batch, shape, jnp.bfloat16, "jit")
-    finally:
-        pool.window_max = own
     report(f"ResNet-50 bf16 step, batch {args.resnet50_batch}: max-pool gradient",
            side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 
@@ -96,14 +94,10 @@ def batchnorm_study(args) -> None:
     candidates, images = {}, {}
     label = "jaxcnn.layers.BatchNorm"
     candidates[label], images[label], _ = step_candidate("resnet50", args.resnet50_batch, shape, jnp.bfloat16, "jit")
-    own = common.BatchNorm
-    common.BatchNorm = nn.BatchNorm  # same arguments and variables; common.batch_norm builds it by name
-    try:
-        label = "flax.linen.BatchNorm"
+    label = "flax.linen.BatchNorm"
+    with mock.patch.object(common, "BatchNorm", nn.BatchNorm):  # same arguments and variables
         candidates[label], images[label], _ = step_candidate("resnet50", args.resnet50_batch, shape, jnp.bfloat16,
                                                              "jit")
-    finally:
-        common.BatchNorm = own
     report(f"ResNet-50 bf16 step, batch {args.resnet50_batch}: BatchNorm",
            side_by_side(candidates, rounds=args.rounds, min_time=1.0), images)
 
