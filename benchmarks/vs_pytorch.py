@@ -10,8 +10,9 @@ channels_last (NHWC, its faster CPU layout for convolutions and BatchNorm), jaxc
 compiled as training compiles it (``jaxcnn.runtime.jit``) with the state donated.
 Models: LeNet-5 (batch 128, 32x32x1), ResNet-20 (batch 128, 32x32x3), a
 bottleneck ResNet-50 (batch 16, 64x64x3), DenseNet-BC-100 (k=12; batch 64,
-32x32x3), GoogLeNet (batch 16, 112x112x3) and VGG-16 with BatchNorm and the CIFAR
-head (batch 32, 32x32x3).
+32x32x3), GoogLeNet (batch 16, 112x112x3), VGG-16 with BatchNorm and the CIFAR
+head (batch 32, 32x32x3), and the textbook's AlexNet (batch 16, 227x227x3) and NiN
+(batch 16, 224x224x3).
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
 median of the ratios within each round (so drift in the machine's load cancels),
@@ -220,13 +221,53 @@ def torch_models():
         def forward(self, x):
             return self.fc(self.features(x).mean(dim=(2, 3)))
 
+    class AlexNet(nn.Module):
+        """The textbook's single-tower AlexNet (``jaxcnn.models.alexnet``, no LRN), 10 classes."""
+
+        def __init__(self):
+            super().__init__()
+            from jaxcnn.models.alexnet import ALEXNET_LAYERS
+
+            layers, cin = [], 3
+            for cout, kernel, stride, padding, pool in ALEXNET_LAYERS:
+                layers += [nn.Conv2d(cin, cout, kernel, stride, padding), nn.ReLU()]
+                layers += [nn.MaxPool2d(3, 2, ceil_mode=True)] if pool else []
+                cin = cout
+            self.features = nn.Sequential(*layers)
+            self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
+                                            nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, 10))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.features(x), 1))
+
+    def nin_block(cin, cout, kernel, stride, padding):
+        return [nn.Conv2d(cin, cout, kernel, stride, padding), nn.ReLU(), nn.Conv2d(cout, cout, 1), nn.ReLU(),
+                nn.Conv2d(cout, cout, 1), nn.ReLU()]
+
+    class NiN(nn.Module):
+        """The textbook's Network in Network (``jaxcnn.models.nin``), 10 classes."""
+
+        def __init__(self):
+            super().__init__()
+            from jaxcnn.models.nin import BLOCKS
+
+            layers, cin = [], 3
+            for cout, kernel, stride, padding in BLOCKS:
+                layers += [*nin_block(cin, cout, kernel, stride, padding), nn.MaxPool2d(3, 2)]
+                cin = cout
+            self.features = nn.Sequential(*layers, nn.Dropout(0.5), *nin_block(cin, 10, 3, 1, 1))
+
+        def forward(self, x):
+            return self.features(x).mean(dim=(2, 3))
+
     return {"lenet5": LeNet5, "resnet20": ResNet20, "resnet50": ResNet50, "densenet_bc_100_12": DenseNetBC100,
-            "googlenet": GoogLeNet, "vgg16_bn": VGG16BN}
+            "googlenet": GoogLeNet, "vgg16_bn": VGG16BN, "alexnet": AlexNet, "nin": NiN}
 
 
 TORCH_LAYOUTS = ("NCHW", "NHWC")  # PyTorch's default, and channels_last
 MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3)),
-          "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3)), "vgg16_bn": (32, (32, 32, 3))}
+          "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3)), "vgg16_bn": (32, (32, 32, 3)),
+          "alexnet": (16, (227, 227, 3)), "nin": (16, (224, 224, 3))}
 MODEL_OPTIONS = {"vgg16_bn": {"head": "cifar"}}  # the CIFAR-10 VGG of experiments/vgg16_cifar10.py
 
 
