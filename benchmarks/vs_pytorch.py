@@ -1,7 +1,7 @@
 """jaxcnn against PyTorch eager on this CPU, side by side: training steps, then single layers.
 
     pip install torch==2.13.0        # CPU build, for benchmarking only (never a jaxcnn dependency)
-    python benchmarks/vs_pytorch.py [--rounds 7] [--backends xla,im2col,auto]
+    python benchmarks/vs_pytorch.py [--rounds 7] [--backends xla,im2col,auto] [--dtype bfloat16]
 
 Training step: the same architecture, batch and optimizer (SGD, momentum 0.9,
 cross-entropy) in both frameworks, synthetic data resident in memory; PyTorch runs
@@ -16,7 +16,9 @@ head (batch 32, 32x32x3), and the textbook's AlexNet (batch 16, 227x227x3) and N
 Layers: forward and forward+backward of LeNet-5's and ResNet-20's convolutions.
 Medians over alternating rounds; ratio = jaxcnn images/s / PyTorch images/s, the
 median of the ratios within each round (so drift in the machine's load cancels),
-with half its interquartile range.
+with half its interquartile range. ``--dtype bfloat16``: jaxcnn's models compute in bfloat16
+(``dtype=bfloat16``, float32 parameters and BatchNorm statistics), PyTorch's forward runs under
+``torch.autocast("cpu", torch.bfloat16)``.
 PyTorch's training steps run in a child process, one step per request over a
 pipe (~0.05 ms a step): in one process PyTorch's OpenMP threads and those of
 jaxcnn's oneDNN kernels share one libgomp, and PyTorch's steps measured 7-28%
@@ -271,9 +273,10 @@ MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet5
 MODEL_OPTIONS = {"vgg16_bn": {"head": "cifar"}}  # the CIFAR-10 VGG of experiments/vgg16_cifar10.py
 
 
-def torch_step(name, batch, shape, channels_last=False):
+def torch_step(name, batch, shape, channels_last=False, bfloat16=False):
     """PyTorch's eager training step; ``channels_last`` stores the model and batch NHWC (PyTorch's faster
-    CPU layout for convolutions and BatchNorm; NCHW is its default)."""
+    CPU layout for convolutions and BatchNorm; NCHW is its default); ``bfloat16`` runs the forward under
+    ``torch.autocast("cpu", torch.bfloat16)``, PyTorch's mixed precision on the CPU."""
     import torch
 
     model = torch_models()[name]()
@@ -286,7 +289,8 @@ def torch_step(name, batch, shape, channels_last=False):
 
     def run():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -297,8 +301,8 @@ def torch_step(name, batch, shape, channels_last=False):
 class TorchStepInChild:
     """:func:`torch_step` in a child process: each call runs one step there and returns its loss."""
 
-    def __init__(self, name, batch, shape, layout):
-        spec = f"{name}:{batch}:{'x'.join(map(str, shape))}:{layout}"
+    def __init__(self, name, batch, shape, layout, dtype="float32"):
+        spec = f"{name}:{batch}:{'x'.join(map(str, shape))}:{layout}:{dtype}"
         command = [sys.executable, __file__, "--torch_worker", spec]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.version = self.process.stdout.readline().strip()  # "2.13.0+cpu (2 threads)" once torch is ready
@@ -318,8 +322,9 @@ def torch_worker(spec: str):
     import torch
 
     runtime.tune_cpu_malloc()  # as in jaxcnn's process (PyTorch's steps measured up to 25% faster with it)
-    name, batch, shape, layout = spec.split(":")
-    run = torch_step(name, int(batch), tuple(int(v) for v in shape.split("x")), channels_last=layout == "NHWC")
+    name, batch, shape, layout, dtype = spec.split(":")
+    run = torch_step(name, int(batch), tuple(int(v) for v in shape.split("x")), channels_last=layout == "NHWC",
+                     bfloat16=dtype == "bfloat16")
     print(f"{torch.__version__} ({torch.get_num_threads()} threads)", flush=True)
     for _ in sys.stdin:
         print(run().item(), flush=True)
@@ -331,12 +336,13 @@ def per_round_ratio(torch_seconds, jax_seconds) -> str:
     return f"{median(ratios):.2f} {spread(ratios)}"
 
 
-def jax_model(name, backend="xla"):
-    return models.create(name, num_classes=10, conv_backend=backend, **MODEL_OPTIONS.get(name, {}))
+def jax_model(name, backend="xla", dtype="float32"):
+    return models.create(name, num_classes=10, conv_backend=backend, dtype=jnp.dtype(dtype),
+                         **MODEL_OPTIONS.get(name, {}))
 
 
-def jax_step(name, batch, shape, backend):
-    model = jax_model(name, backend)
+def jax_step(name, batch, shape, backend, dtype="float32"):
+    model = jax_model(name, backend, dtype)
     tx = optax.sgd(0.01, momentum=0.9)
     step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
                                          schedule=optax.constant_schedule(0.01), cfg=StepConfig()), donate_argnums=0)
@@ -396,6 +402,9 @@ def main():
     parser.add_argument("--backends", default="xla,im2col,auto")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--skip_layers", action="store_true")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="bfloat16: jaxcnn's models with dtype=bfloat16 (float32 parameters) against "
+                             "PyTorch's bfloat16 autocast")
     parser.add_argument("--async_dispatch", action="store_true", help="keep JAX's asynchronous CPU dispatch")
     parser.add_argument("--torch_worker", help=argparse.SUPPRESS)  # name:batch:HxWxC:layout, the PyTorch child
     args = parser.parse_args()
@@ -406,7 +415,7 @@ def main():
         runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     backends = args.backends.split(",")
-    children = {(name, layout): TorchStepInChild(name, *MODELS[name], layout)
+    children = {(name, layout): TorchStepInChild(name, *MODELS[name], layout, args.dtype)
                 for name in args.models.split(",") for layout in TORCH_LAYOUTS}
     print(f"`python {' '.join(sys.argv)}` on {machine()}, "
           f"torch {next(iter(children.values())).version}, PyTorch's steps in child processes\n")
@@ -422,7 +431,7 @@ def main():
         batch, shape = MODELS[name]
         cands = {f"PyTorch {layout}": children[name, layout] for layout in TORCH_LAYOUTS}
         for b in backends:
-            cands[b], first_step[name, b] = jax_step(name, batch, shape, b)
+            cands[b], first_step[name, b] = jax_step(name, batch, shape, b, args.dtype)
         s = side_by_side(cands, rounds=args.rounds, min_time=1.0)
         rate = {k: batch / median(v) for k, v in s.items()}
         print(f"| {name} ({batch}) | "

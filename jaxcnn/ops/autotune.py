@@ -28,7 +28,8 @@ which reads only ``dy`` and ``W`` and which a network's first layer never runs, 
 its own. ``"banded"`` is a candidate only where its band
 is wider than one pixel (:func:`jaxcnn.ops.banded.band_width`); elsewhere it would
 compute im2col's products; ``"onednn"`` only where its kernels run
-(:func:`jaxcnn.ops.onednn.usable`: float32 on the CPU, kernels built), elsewhere it
+(:func:`jaxcnn.ops.onednn.usable`: float32 on the CPU, or bfloat16 on a CPU with native
+bfloat16 products, kernels built), elsewhere it
 would compute lax's. The choice is cached for the
 process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
 ``autotune-v7-<machine>.json``), so a later process on the same machine and software
@@ -291,7 +292,7 @@ def clear_plans() -> None:
 
 
 # Versioned by the formulations offered and their speed: choices measured among other ones are measured again.
-MACHINE_TABLE = "autotune-v7"
+MACHINE_TABLE = "autotune-v8"  # v8: bfloat16 convolutions on oneDNN
 
 
 def _machine_choice(section: str, key: str, parse: Callable):

@@ -2,7 +2,8 @@
 // that stores a value as it is (jaxcnn.ops.onednn.stored), and a 2-D max pool's two passes
 // (jaxcnn.ops.onednn.max_pool; plain loops, not oneDNN's pooling, for jaxcnn's tie and NaN rules).
 //
-// Layouts are jaxcnn's: activations NHWC, kernels HWIO (I = C / groups), float32.
+// Layouts are jaxcnn's: activations NHWC, kernels HWIO (I = C / groups), float32 or bfloat16 (all
+// of one call's arrays alike; a bfloat16 weight gradient is accumulated in float32, rounded once).
 // Each handler takes the window as one int64 array attribute
 //   window = [stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
 //             dilation_h, dilation_w, groups]   (dilation 1 = none, as in lax)
@@ -45,9 +46,10 @@ struct Geometry {
   int64_t oh, ow, o;      // output, NHWC
   int64_t kh, kw;         // kernel taps
   ffi::Span<const int64_t> window;
+  memory::data_type type;  // of every array: f32 or bf16
 
   std::vector<int64_t> key(Pass pass) const {
-    std::vector<int64_t> k{pass, n, h, w, c, oh, ow, o, kh, kw};
+    std::vector<int64_t> k{pass, n, h, w, c, oh, ow, o, kh, kw, static_cast<int64_t>(type)};
     k.insert(k.end(), window.begin(), window.end());
     return k;
   }
@@ -72,20 +74,21 @@ dnnl::engine& cpu_engine() {
 memory::desc user_weights(const Geometry& g) {
   const int64_t groups = g.groups(), ig = g.c / groups, og = g.o / groups;
   const int64_t s_kh = g.kw * ig * g.o, s_kw = ig * g.o;
-  if (groups == 1)
-    return memory::desc({g.o, ig, g.kh, g.kw}, memory::data_type::f32, memory::dims{1, g.o, s_kh, s_kw});
-  return memory::desc({groups, og, ig, g.kh, g.kw}, memory::data_type::f32,
-                      memory::dims{og, 1, g.o, s_kh, s_kw});
+  if (groups == 1) return memory::desc({g.o, ig, g.kh, g.kw}, g.type, memory::dims{1, g.o, s_kh, s_kw});
+  return memory::desc({groups, og, ig, g.kh, g.kw}, g.type, memory::dims{og, 1, g.o, s_kh, s_kw});
 }
+
+size_t element_size(memory::data_type type) { return type == memory::data_type::f32 ? 4 : 2; }
 
 std::shared_ptr<Plan> make_plan(Pass pass, const Geometry& g) {
   auto& engine = cpu_engine();
-  const auto f32 = memory::data_type::f32;
   auto plan = std::make_shared<Plan>();
-  plan->x_md = memory::desc({g.n, g.c, g.h, g.w}, f32, memory::format_tag::nhwc);
-  plan->y_md = memory::desc({g.n, g.o, g.oh, g.ow}, f32, memory::format_tag::nhwc);
+  plan->x_md = memory::desc({g.n, g.c, g.h, g.w}, g.type, memory::format_tag::nhwc);
+  plan->y_md = memory::desc({g.n, g.o, g.oh, g.ow}, g.type, memory::format_tag::nhwc);
   plan->user_w_md = user_weights(g);
-  const memory::desc any_w(plan->user_w_md.get_dims(), f32, memory::format_tag::any);
+  const memory::desc any_w(plan->user_w_md.get_dims(), g.type, memory::format_tag::any);
+  // dW in float32 whatever the type: the chunks' partial sums add up, and are rounded once, at the end.
+  const memory::desc any_dw(plan->user_w_md.get_dims(), memory::data_type::f32, memory::format_tag::any);
   const auto& win = g.window;
   const memory::dims strides{win[0], win[1]}, pad_l{win[2], win[4]}, pad_r{win[3], win[5]};
   const memory::dims dilation{win[6] - 1, win[7] - 1};  // oneDNN counts the gaps
@@ -107,7 +110,7 @@ std::shared_ptr<Plan> make_plan(Pass pass, const Geometry& g) {
     plan->scratch_md = backward.scratchpad_desc();
   } else {
     const auto backward = dnnl::convolution_backward_weights::primitive_desc(
-        engine, algo, plan->x_md, any_w, plan->y_md, strides, dilation, pad_l, pad_r, forward, attr);
+        engine, algo, plan->x_md, any_dw, plan->y_md, strides, dilation, pad_l, pad_r, forward, attr);
     plan->primitive = dnnl::convolution_backward_weights(backward);
     plan->dnnl_w_md = backward.diff_weights_desc();
     plan->scratch_md = backward.scratchpad_desc();
@@ -154,9 +157,10 @@ class SingleThreadedOmp {
 // One pass over examples [begin, begin + count) on the calling thread. x: the input (forward, dW)
 // or dx (dx); y: the output (forward) or dy (dx, dW); w: the kernel (forward, dx) or this chunk's
 // dW, in the layout oneDNN picked (plan->dnnl_w_md).
-void run_chunk(Pass pass, Geometry g, int64_t begin, int64_t count, float* x, float* y, float* w) {
+void run_chunk(Pass pass, Geometry g, int64_t begin, int64_t count, char* x, char* y, void* w) {
   SingleThreadedOmp single_threaded;
-  const int64_t x_offset = begin * g.h * g.w * g.c, y_offset = begin * g.oh * g.ow * g.o;
+  const size_t bytes = element_size(g.type);
+  const size_t x_offset = begin * g.h * g.w * g.c * bytes, y_offset = begin * g.oh * g.ow * g.o * bytes;
   g.n = count;
   const auto plan = plan_for(pass, g);
   auto& engine = cpu_engine();
@@ -237,7 +241,8 @@ int64_t chunk_count(Pass pass, const Geometry& g, int64_t threads) {
 // whose kernel outweighs its activations runs slower this way (every chunk reads the whole kernel,
 // or writes a whole dW: 512->512 3x3 at 2x2, dW 2.2x, forward 1.5x), but leaving those calls to
 // oneDNN's team made ResNet-50's and GoogLeNet's steps slower, not faster.
-ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y, float* w) {
+ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, void* x_data, void* y_data, void* w) {
+  char *x = static_cast<char*>(x_data), *y = static_cast<char*>(y_data);
   if (g.window.size() != 9 || g.groups() < 1 || g.c % g.groups() || g.o % g.groups())
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: bad window attribute");
   try {
@@ -249,13 +254,14 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y,
     auto& engine = cpu_engine();
     dnnl::stream stream(engine);
     memory user_w(plan->user_w_md, engine, w);
-    // The kernel in oneDNN's layout (forward, dx), or one dW per chunk (the first in w if unreordered).
+    // The kernel in oneDNN's layout (forward, dx), or one float32 dW per chunk (the first in w if
+    // unreordered, which a float32 call's may be).
     std::vector<memory> buffers;
-    std::vector<float*> weights(total, w);
+    std::vector<void*> weights(total, w);
     for (int64_t i = 0; i < (pass == kGradWeight ? total : 1); ++i) {
       if (!plan->reorder_w && i == 0) continue;
       buffers.emplace_back(plan->dnnl_w_md, engine);
-      weights[i] = static_cast<float*>(buffers.back().get_data_handle());
+      weights[i] = buffers.back().get_data_handle();
     }
     if (pass != kGradWeight && plan->reorder_w) {
       memory dnnl_w(plan->dnnl_w_md, engine, weights[0]);
@@ -270,8 +276,11 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y,
     if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn onednn: " + error);
     if (pass == kGradWeight) {
       const size_t size = plan->dnnl_w_md.get_size() / sizeof(float);
-      for (int64_t i = 1; i < total; ++i)
-        for (size_t k = 0; k < size; ++k) weights[0][k] += weights[i][k];
+      float* sum = static_cast<float*>(weights[0]);
+      for (int64_t i = 1; i < total; ++i) {
+        const float* part = static_cast<const float*>(weights[i]);
+        for (size_t k = 0; k < size; ++k) sum[k] += part[k];
+      }
       if (plan->reorder_w) {
         memory dnnl_w(plan->dnnl_w_md, engine, weights[0]);
         plan->w_reorder.execute(stream, dnnl_w, user_w);
@@ -286,24 +295,41 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, float* x, float* y,
 
 using F32 = ffi::Buffer<ffi::F32, 4>;
 using F32Out = ffi::ResultBuffer<ffi::F32, 4>;
+using Any = ffi::AnyBuffer;
+using AnyOut = ffi::Result<ffi::AnyBuffer>;
 using Window = ffi::Span<const int64_t>;
 
-ffi::Error forward(ffi::ThreadPool pool, F32 x, F32 w, F32Out y, Window window) {
-  auto xd = x.dimensions(), wd = w.dimensions(), yd = y->dimensions();
-  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window};
-  return run(pool, kForward, g, x.typed_data(), y->typed_data(), w.typed_data());
+// A convolution pass's geometry from its input-side array x (x or dx), its kernel-side array w (w or dW)
+// and its output-side array y (y or dy), each 4-D and all float32 or all bfloat16; else an error.
+ffi::Error conv_geometry(const Any& x, const Any& w, const Any& y, Window window, Geometry* g) {
+  for (const Any* a : {&x, &w, &y})
+    if (a->dimensions().size() != 4)
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: arrays must be 4-D");
+  const auto type = x.element_type();
+  if (w.element_type() != type || y.element_type() != type || (type != ffi::F32 && type != ffi::BF16))
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn onednn: arrays must be all float32 or all bfloat16");
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y.dimensions();
+  *g = Geometry{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window,
+                type == ffi::F32 ? memory::data_type::f32 : memory::data_type::bf16};
+  return ffi::Error::Success();
 }
 
-ffi::Error grad_input(ffi::ThreadPool pool, F32 dy, F32 w, F32Out dx, Window window) {
-  auto xd = dx->dimensions(), wd = w.dimensions(), yd = dy.dimensions();
-  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window};
-  return run(pool, kGradInput, g, dx->typed_data(), dy.typed_data(), w.typed_data());
+ffi::Error forward(ffi::ThreadPool pool, Any x, Any w, AnyOut y, Window window) {
+  Geometry g;
+  if (auto error = conv_geometry(x, w, *y, window, &g); error.failure()) return error;
+  return run(pool, kForward, g, x.untyped_data(), y->untyped_data(), w.untyped_data());
 }
 
-ffi::Error grad_weight(ffi::ThreadPool pool, F32 x, F32 dy, F32Out dw, Window window) {
-  auto xd = x.dimensions(), wd = dw->dimensions(), yd = dy.dimensions();
-  Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1], window};
-  return run(pool, kGradWeight, g, x.typed_data(), dy.typed_data(), dw->typed_data());
+ffi::Error grad_input(ffi::ThreadPool pool, Any dy, Any w, AnyOut dx, Window window) {
+  Geometry g;
+  if (auto error = conv_geometry(*dx, w, dy, window, &g); error.failure()) return error;
+  return run(pool, kGradInput, g, dx->untyped_data(), dy.untyped_data(), w.untyped_data());
+}
+
+ffi::Error grad_weight(ffi::ThreadPool pool, Any x, Any dy, AnyOut dw, Window window) {
+  Geometry g;
+  if (auto error = conv_geometry(x, *dw, dy, window, &g); error.failure()) return error;
+  return run(pool, kGradWeight, g, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
 }
 
 // The output aliases the input (input_output_aliases), so there is nothing to do: the call only
@@ -434,11 +460,11 @@ ffi::Error max_pool_grad(ffi::ThreadPool pool, F32 dy, U8 index, F32Out dx, Wind
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnForward, forward,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Ret<Any>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradInput, grad_input,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Ret<Any>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradWeight, grad_weight,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<Window>("window"));
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Ret<Any>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnStored, stored, ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPool, max_pool,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Ret<F32>().Ret<U8>().Attr<Window>("window"));

@@ -210,9 +210,43 @@ def test_the_library_is_built_once_per_machine_and_software(tmp_path, monkeypatc
     assert onednn.build() == path
 
 
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
+@needs_onednn
+@pytest.mark.skipif(not onednn.native_bfloat16(), reason="this CPU has no native bfloat16 products")
+@pytest.mark.parametrize("geometry", [*GEOMETRIES, ((5, 16, 6, 5), (32, 16, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), 1)],
+                         ids=lambda g: f"x{g[0]}w{g[1]}s{g[2]}d{g[4]}g{g[5]}")
+def test_bfloat16_passes_match_float32_lax_on_the_same_values(geometry):
+    """bfloat16 in, bfloat16 out, products accumulated in float32: each pass equals lax's float32 pass on
+    the bfloat16-rounded operands to within one bfloat16 rounding (the weight gradient's chunks are summed
+    in float32 and rounded once)."""
+    x, w, dy, window, groups, _ = _case(geometry)
+    xb, wb, dyb = (jnp.asarray(a, jnp.bfloat16) for a in (x, w, dy))
+    x32, w32, dy32 = (jnp.asarray(a, jnp.float32) for a in (xb, wb, dyb))
+    assert onednn.usable(jnp.bfloat16)
+    for got, want in [
+        (jax.jit(onednn.onednn_forward, static_argnums=(2, 3))(xb, wb, window, groups),
+         autotune._xla_forward(x32, w32, window, groups)),
+        (jax.jit(onednn.onednn_grad_input, static_argnums=(2, 3))(dyb, wb, window, groups),
+         autotune._xla_grad_input(x32, w32, dy32, window, groups)),
+        (jax.jit(onednn.onednn_grad_weight, static_argnums=(2, 3, 4))(xb, dyb, w.shape, window, groups),
+         autotune._xla_grad_weight(x32, w32, dy32, window, groups)),
+    ]:
+        assert got.dtype == jnp.bfloat16
+        scale = float(jnp.max(jnp.abs(want)))
+        np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=2 ** -8 * scale)
+
+
+def test_bfloat16_takes_the_lax_formulation_without_native_bfloat16_products(monkeypatch):
+    monkeypatch.setattr(onednn, "native_bfloat16", lambda: False)
+    assert not onednn.usable(jnp.bfloat16)
+    assert onednn.usable(jnp.float32) == onednn.available()
+    assert "onednn" not in autotune.candidates(Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (8, 8)),
+                                               (3, 3, 16, 16), jnp.bfloat16, 1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float16])
 def test_other_dtypes_take_the_lax_formulation(dtype):
-    """oneDNN is used for float32 only: a plan naming it computes lax's values, bit for bit, otherwise."""
+    """oneDNN is used for float32 and bfloat16 only: a plan naming it computes lax's values, bit for bit,
+    otherwise."""
     x, w, dy, window, groups, _ = _case(GEOMETRIES[0])
     with jax.enable_x64(dtype == jnp.float64):
         x, w, dy = (jnp.asarray(a, dtype) for a in (x, w, dy))
@@ -262,8 +296,10 @@ def test_a_batch_sharded_jit_runs_each_kernel_on_its_shard():
 
 def test_a_wrong_dtype_or_missing_kernels_is_a_clear_error(monkeypatch):
     x, w, dy, window, groups, _ = _case(GEOMETRIES[0])
-    with pytest.raises(TypeError, match="jaxcnn_onednn_grad_input: dy must be float32 .* got float16"):
+    with pytest.raises(TypeError, match="jaxcnn_onednn_grad_input: dy must be float32 or bfloat16 .* got float16"):
         onednn.onednn_grad_input(dy.astype(np.float16), w, window, groups)
+    with pytest.raises(TypeError, match="jaxcnn_onednn_forward: x and w must have one dtype, got bfloat16 and float32"):
+        onednn.onednn_forward(jnp.asarray(x, jnp.bfloat16), w, window, groups)
     monkeypatch.setattr(onednn, "available", lambda: False)
     with pytest.raises(onednn.BuildError, match="jaxcnn_onednn_forward: oneDNN's kernels run on"):
         onednn.onednn_forward(x, w, window, groups)
