@@ -399,15 +399,17 @@ MAX_POOL_MIN_CHANNELS = 32
 
 
 def max_pool_usable(x, window: Window) -> bool:
-    """Whether ``max_pool2d_auto`` runs :func:`max_pool` on the channels-last 4-D ``x``: float32, at least
-    ``MAX_POOL_MIN_CHANNELS`` channels, at most ``MAX_POOL_TAPS`` taps per window, and :func:`takes` ``x``."""
-    return (x.ndim == 4 and jnp.dtype(x.dtype) == jnp.float32 and x.shape[-1] >= MAX_POOL_MIN_CHANNELS
+    """Whether ``max_pool2d_auto`` runs :func:`max_pool` on the channels-last 4-D ``x``: float32 or
+    bfloat16, at least ``MAX_POOL_MIN_CHANNELS`` channels, at most ``MAX_POOL_TAPS`` taps per window, and
+    :func:`takes` ``x``."""
+    return (x.ndim == 4 and jnp.dtype(x.dtype) in KERNEL_DTYPES and x.shape[-1] >= MAX_POOL_MIN_CHANNELS
             and math.prod(window.kernel_size) <= MAX_POOL_TAPS and takes(x))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def max_pool(x, window: Window):
-    """NHWC float32 ``x`` max-pooled over the 2-D ``window`` (padding reads as ``-inf``): ``(N, OH, OW, C)``.
+    """NHWC ``x`` (float32 or bfloat16) max-pooled over the 2-D ``window`` (padding reads as ``-inf``):
+    ``(N, OH, OW, C)``.
 
     Equal to ``jaxcnn.ops.max_pool2d`` with that window, gradient included: each
     output's cotangent goes to its window's first maximum in row-major window
@@ -417,7 +419,8 @@ def max_pool(x, window: Window):
     instead of XLA's strided slices, selects and pads: forward + backward 2.4-4.2x
     faster on GoogLeNet's pools (``benchmarks/RESULTS.md``). Reverse mode only
     (a ``custom_vjp``, as ``conv2d_auto``); the gradient's own derivative is
-    exact. Requires :func:`max_pool_usable`.
+    exact. A bfloat16 gradient sums each input's cotangents in float32 and rounds
+    once. Requires :func:`max_pool_usable`.
     """
     return _max_pool_with_index(x, window)[0]
 
@@ -452,7 +455,7 @@ def _max_pool_with_index_jvp(window: Window, primals, tangents):
 def _max_pool_call(window: Window):
     def local(x):
         shape = (x.shape[0], *window.out_size, x.shape[3])
-        results = (jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.uint8))
+        results = (jax.ShapeDtypeStruct(shape, x.dtype), jax.ShapeDtypeStruct(shape, jnp.uint8))
         return tuple(jax.ffi.ffi_call(MAX_POOL_TARGET, results)(x, window=_pool_attribute(window)))
 
     return _batch_sharded(local, (True,), "b h w c -> b p q n, b p q n")
@@ -462,7 +465,7 @@ def _max_pool_call(window: Window):
 def _max_pool_grad_call(window: Window):
     def local(dy, index):
         shape = (dy.shape[0], *window.in_size, dy.shape[3])
-        return jax.ffi.ffi_call(MAX_POOL_GRAD_TARGET, jax.ShapeDtypeStruct(shape, jnp.float32))(
+        return jax.ffi.ffi_call(MAX_POOL_GRAD_TARGET, jax.ShapeDtypeStruct(shape, dy.dtype))(
             dy, index, window=_pool_attribute(window))
 
     return _batch_sharded(local, (True, True), "b p q c, b p q d -> b h w n")

@@ -293,8 +293,6 @@ ffi::Error run(ffi::ThreadPool& pool, Pass pass, Geometry g, void* x_data, void*
   return ffi::Error::Success();
 }
 
-using F32 = ffi::Buffer<ffi::F32, 4>;
-using F32Out = ffi::ResultBuffer<ffi::F32, 4>;
 using Any = ffi::AnyBuffer;
 using AnyOut = ffi::Result<ffi::AnyBuffer>;
 using Window = ffi::Span<const int64_t>;
@@ -339,7 +337,7 @@ ffi::Error stored(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
   return ffi::Error::Success();
 }
 
-// --- max pooling, NHWC float32 ------------------------------------------------------------------
+// --- max pooling, NHWC float32 or bfloat16 -------------------------------------------------------
 // window = [kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
 //           dilation_h, dilation_w]. Padding reads as -inf. Each output is its window's maximum (NaN
 // if the window holds one), and the index of the tap it came from: the first tap equal to the
@@ -365,22 +363,46 @@ struct PoolGeometry {
 #define JAXCNN_VECTOR_CLONES
 #endif
 
-// y, index = the running maximum and its tap, updated with tap `tap` (values x) over c channels.
-// Bitwise, branch-free: so that the compiler vectorizes it.
-JAXCNN_VECTOR_CLONES void take_larger(int64_t c, const float* __restrict x, float* __restrict y,
-                                      uint8_t* __restrict index, uint8_t tap) {
+// bfloat16 values are stored as their 16 bits (the high half of a float32's).
+using bf16_bits = uint16_t;
+inline float to_float(float v) { return v; }
+inline float to_float(bf16_bits v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// float32 -> bfloat16, rounded to nearest even (NaN stays a quiet NaN), as XLA converts.
+inline bf16_bits to_bfloat16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<bf16_bits>((bits >> 16) | 0x40u);
+  return static_cast<bf16_bits>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+template <typename T> T minus_infinity();
+template <> float minus_infinity<float>() { return -std::numeric_limits<float>::infinity(); }
+template <> bf16_bits minus_infinity<bf16_bits>() { return 0xff80u; }
+
+// y, index = the running maximum and its tap, updated with tap `tap` (values x) over c channels; the
+// maximum is one of the values, copied. Bitwise, branch-free: so that the compiler vectorizes it.
+template <typename T>
+JAXCNN_VECTOR_CLONES void take_larger(int64_t c, const T* __restrict x, T* __restrict y, uint8_t* __restrict index,
+                                      uint8_t tap) {
   for (int64_t k = 0; k < c; ++k) {
-    const float v = x[k], m = y[k];
+    const float v = to_float(x[k]), m = to_float(y[k]);
     const bool take = (v > m) | ((v != v) & (m == m));  // larger, or the first NaN
-    y[k] = take ? v : m;
+    y[k] = take ? x[k] : y[k];
     index[k] = take ? tap : index[k];
   }
 }
 
-// dx += dy where the window's maximum came from tap `tap`, over c channels.
-JAXCNN_VECTOR_CLONES void add_where_tap(int64_t c, const float* __restrict dy, const uint8_t* __restrict index,
+// dx += dy where the window's maximum came from tap `tap`, over c channels (dx in float32 whatever dy's type).
+template <typename T>
+JAXCNN_VECTOR_CLONES void add_where_tap(int64_t c, const T* __restrict dy, const uint8_t* __restrict index,
                                         float* __restrict dx, uint8_t tap) {
-  for (int64_t k = 0; k < c; ++k) dx[k] += index[k] == tap ? dy[k] : 0.0f;
+  for (int64_t k = 0; k < c; ++k) dx[k] += index[k] == tap ? to_float(dy[k]) : 0.0f;
 }
 
 // visit(out, tap, pixel) for each output of examples [begin, end) (out: its offset in values) and each
@@ -396,12 +418,12 @@ void for_each_tap(const PoolGeometry& g, int64_t begin, int64_t end, Visit visit
       }
 }
 
-void max_pool_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* x, float* y,
-                       uint8_t* index) {
+template <typename T>
+void max_pool_examples(const PoolGeometry& g, int64_t begin, int64_t end, const T* x, T* y, uint8_t* index) {
   for_each_tap(g, begin, end, [&](int64_t out, int64_t tap, int64_t pixel) {
     if (tap == 0) {  // the first tap starts the maximum, padding (-inf) included
-      if (pixel < 0) std::fill(y + out, y + out + g.c, -std::numeric_limits<float>::infinity());
-      else std::memcpy(y + out, x + pixel * g.c, g.c * sizeof(float));
+      if (pixel < 0) std::fill(y + out, y + out + g.c, minus_infinity<T>());
+      else std::memcpy(y + out, x + pixel * g.c, g.c * sizeof(T));
       std::fill(index + out, index + out + g.c, uint8_t{0});
     } else if (pixel >= 0) {  // a padding tap (-inf) never beats the maximum
       take_larger(g.c, x + pixel * g.c, y + out, index + out, static_cast<uint8_t>(tap));
@@ -409,12 +431,30 @@ void max_pool_examples(const PoolGeometry& g, int64_t begin, int64_t end, const 
   });
 }
 
-void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* dy,
-                            const uint8_t* index, float* dx) {
-  std::memset(dx + begin * g.h * g.w * g.c, 0, (end - begin) * g.h * g.w * g.c * sizeof(float));
+// The float32 dx of examples [begin, end), into `sums` (those examples' values only).
+template <typename T>
+void pool_grad_sums(const PoolGeometry& g, int64_t begin, int64_t end, const T* dy, const uint8_t* index,
+                    float* sums) {
+  const int64_t first_pixel = begin * g.h * g.w;
+  std::memset(sums, 0, (end - begin) * g.h * g.w * g.c * sizeof(float));
   for_each_tap(g, begin, end, [&](int64_t out, int64_t tap, int64_t pixel) {
-    if (pixel >= 0) add_where_tap(g.c, dy + out, index + out, dx + pixel * g.c, static_cast<uint8_t>(tap));
+    if (pixel >= 0)
+      add_where_tap(g.c, dy + out, index + out, sums + (pixel - first_pixel) * g.c, static_cast<uint8_t>(tap));
   });
+}
+
+void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, const float* dy, const uint8_t* index,
+                            float* dx) {
+  pool_grad_sums(g, begin, end, dy, index, dx + begin * g.h * g.w * g.c);
+}
+
+// bfloat16: each dx value summed in float32 and rounded once.
+void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, const bf16_bits* dy,
+                            const uint8_t* index, bf16_bits* dx) {
+  const int64_t first = begin * g.h * g.w * g.c, count = (end - begin) * g.h * g.w * g.c;
+  std::vector<float> sums(count);
+  pool_grad_sums(g, begin, end, dy, index, sums.data());
+  for (int64_t k = 0; k < count; ++k) dx[first + k] = to_bfloat16(sums[k]);
 }
 
 ffi::Error check_pool_window(Window window) {
@@ -437,24 +477,47 @@ ffi::Error over_batch(ffi::ThreadPool& pool, int64_t n, Examples examples) {
 using U8 = ffi::Buffer<ffi::U8, 4>;
 using U8Out = ffi::ResultBuffer<ffi::U8, 4>;
 
-ffi::Error max_pool(ffi::ThreadPool pool, F32 x, F32Out y, U8Out index, Window window) {
-  if (auto error = check_pool_window(window); error.failure()) return error;
-  const PoolGeometry g(x.dimensions(), y->dimensions(), window);
-  const float* xs = x.typed_data();
-  float* ys = y->typed_data();
-  uint8_t* indices = index->typed_data();
-  return over_batch(pool, g.n, [&](int64_t begin, int64_t end) { max_pool_examples(g, begin, end, xs, ys, indices); });
+// The pool's arrays (x or dx, y or dy) are 4-D and both float32 or both bfloat16.
+ffi::Error check_pool_arrays(const Any& a, const Any& b) {
+  if (a.dimensions().size() != 4 || b.dimensions().size() != 4 || a.element_type() != b.element_type() ||
+      (a.element_type() != ffi::F32 && a.element_type() != ffi::BF16))
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn max pool: arrays must be 4-D, float32 or bfloat16");
+  return ffi::Error::Success();
 }
 
-ffi::Error max_pool_grad(ffi::ThreadPool pool, F32 dy, U8 index, F32Out dx, Window window) {
+template <typename T>
+ffi::Error max_pool_typed(ffi::ThreadPool& pool, const PoolGeometry& g, const void* x, void* y, uint8_t* index) {
+  const T* xs = static_cast<const T*>(x);
+  T* ys = static_cast<T*>(y);
+  return over_batch(pool, g.n, [&](int64_t begin, int64_t end) { max_pool_examples(g, begin, end, xs, ys, index); });
+}
+
+ffi::Error max_pool(ffi::ThreadPool pool, Any x, AnyOut y, U8Out index, Window window) {
   if (auto error = check_pool_window(window); error.failure()) return error;
-  const PoolGeometry g(dx->dimensions(), dy.dimensions(), window);
-  const float* dys = dy.typed_data();
-  const uint8_t* indices = index.typed_data();
-  float* dxs = dx->typed_data();
+  if (auto error = check_pool_arrays(x, *y); error.failure()) return error;
+  const PoolGeometry g(x.dimensions(), y->dimensions(), window);
+  if (x.element_type() == ffi::F32)
+    return max_pool_typed<float>(pool, g, x.untyped_data(), y->untyped_data(), index->typed_data());
+  return max_pool_typed<bf16_bits>(pool, g, x.untyped_data(), y->untyped_data(), index->typed_data());
+}
+
+template <typename T>
+ffi::Error max_pool_grad_typed(ffi::ThreadPool& pool, const PoolGeometry& g, const void* dy, const uint8_t* index,
+                               void* dx) {
+  const T* dys = static_cast<const T*>(dy);
+  T* dxs = static_cast<T*>(dx);
   return over_batch(pool, g.n, [&](int64_t begin, int64_t end) {
-    max_pool_grad_examples(g, begin, end, dys, indices, dxs);
+    max_pool_grad_examples(g, begin, end, dys, index, dxs);
   });
+}
+
+ffi::Error max_pool_grad(ffi::ThreadPool pool, Any dy, U8 index, AnyOut dx, Window window) {
+  if (auto error = check_pool_window(window); error.failure()) return error;
+  if (auto error = check_pool_arrays(*dx, dy); error.failure()) return error;
+  const PoolGeometry g(dx->dimensions(), dy.dimensions(), window);
+  if (dy.element_type() == ffi::F32)
+    return max_pool_grad_typed<float>(pool, g, dy.untyped_data(), index.typed_data(), dx->untyped_data());
+  return max_pool_grad_typed<bf16_bits>(pool, g, dy.untyped_data(), index.typed_data(), dx->untyped_data());
 }
 
 }  // namespace
@@ -467,6 +530,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnGradWeight, grad_weight,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Ret<Any>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnStored, stored, ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPool, max_pool,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Ret<F32>().Ret<U8>().Attr<Window>("window"));
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Ret<Any>().Ret<U8>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPoolGrad, max_pool_grad,
-                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<U8>().Ret<F32>().Attr<Window>("window"));
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<U8>().Ret<Any>().Attr<Window>("window"));

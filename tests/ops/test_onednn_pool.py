@@ -105,6 +105,24 @@ def test_second_derivatives_and_vmap_equal_max_pool2d(shape, kw):
 
 
 @needs_kernels
+@pytest.mark.parametrize("shape,kw", GEOMETRIES, ids=IDS)
+def test_bfloat16_pools_as_float32_on_the_same_values_with_one_rounding(shape, kw):
+    """bfloat16 in and out: the maximum is one of the values, bit for bit; each input's gradient is the
+    float32 sum of its cotangents, rounded once to bfloat16."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(np.maximum(randn(rng, shape), 0), jnp.bfloat16)  # ties, as after a ReLU
+    y, vjp = jax.vjp(lambda v: ops.max_pool2d_auto(v, **kw), x)
+    dy = jnp.asarray(randn(rng, y.shape), jnp.bfloat16)
+    y32, vjp32 = jax.vjp(lambda v: ops.max_pool2d(v, **kw), x.astype(jnp.float32))
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(y, np.float32), y32)
+    (dx,), (dx32,) = vjp(dy), vjp32(dy.astype(jnp.float32))
+    assert dx.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx32.astype(jnp.bfloat16), np.float32))
+    assert _runs_the_kernels(lambda v: ops.max_pool2d_auto(v, **kw).astype(jnp.float32), x)
+
+
+@needs_kernels
 @pytest.mark.parametrize("batch", [1, 3, 5])
 def test_a_batch_split_unevenly_over_xlas_threads(batch):
     x = randn(np.random.default_rng(3), (batch, 6, 6, 36))
