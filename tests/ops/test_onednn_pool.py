@@ -14,7 +14,7 @@ from tests.ops.helpers import assert_close, randn
 needs_kernels = pytest.mark.skipif(not onednn.available(), reason="jaxcnn's FFI kernels could not be built here")
 
 # (NHWC shape, max_pool2d keywords): PyTorch's geometries (overlapping, disjoint, dilated, ceil_mode windows
-# hanging over the edge, SAME padding) and GoogLeNet's 3x3/1; channels from MAX_POOL_MIN_CHANNELS = 32 up,
+# hanging over the edge, SAME padding) and GoogLeNet's 3x3/1; channels from float32's MAX_POOL_MIN_CHANNELS, 32, up,
 # most not a whole number of vectors.
 GEOMETRIES = [
     ((3, 9, 11, 33), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
@@ -105,7 +105,9 @@ def test_second_derivatives_and_vmap_equal_max_pool2d(shape, kw):
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape,kw", GEOMETRIES, ids=IDS)
+@pytest.mark.parametrize("shape,kw", [*GEOMETRIES, ((2, 12, 12, 6), dict(kernel_size=2)),
+                                      ((2, 9, 9, 5), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True))],
+                         ids=[*IDS, "lenet-2x2c6", "3x3s2c5"])  # bfloat16 pools from one channel
 def test_bfloat16_pools_as_float32_on_the_same_values_with_one_rounding(shape, kw):
     """bfloat16 in and out: the maximum is one of the values, bit for bit; each input's gradient is the
     float32 sum of its cotangents, rounded once to bfloat16."""
@@ -159,6 +161,8 @@ def test_few_channels_other_dtypes_layouts_and_missing_kernels_take_lax(monkeypa
     pool = lambda v, **kw: ops.max_pool2d_auto(v, 3, 2, padding=1, **kw)  # noqa: E731
     assert _runs_the_kernels(pool, x) == onednn.available()
     assert not _runs_the_kernels(pool, x[..., :31])
+    assert _runs_the_kernels(lambda v: pool(v.astype(jnp.bfloat16)).astype(jnp.float32), x[..., :6]) == \
+        onednn.available()  # bfloat16 from one channel
     assert not _runs_the_kernels(lambda v: pool(v.astype(jnp.float16)).astype(jnp.float32), x)
     assert not _runs_the_kernels(lambda v: pool(v, data_format="NCHW"), np.moveaxis(x, -1, 1))
     monkeypatch.setattr(onednn, "available", lambda: False)
