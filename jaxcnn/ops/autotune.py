@@ -32,7 +32,7 @@ compute im2col's products; ``"onednn"`` only where its kernels run
 bfloat16 products, kernels built), elsewhere it
 would compute lax's. The choice is cached for the
 process and in the machine's cache (:func:`jaxcnn.runtime.cache_dir`, file
-``autotune-v7-<machine>.json``), so a later process on the same machine and software
+``autotune-v8-<machine>.json``), so a later process on the same machine and software
 reuses it instead of measuring again (ResNet-20: about 11 s of its first step);
 :func:`plans` and :func:`set_plans` read and preset the process's cache, so a
 resumed run can reuse the first run's choices and stay bit-exact. Plans are
@@ -46,8 +46,8 @@ as a stored buffer already).
 
 Average pools with ``backend="auto"`` choose between the lax and the im2col
 formulation the same way, by the time of forward plus backward. Max pools are not
-measured: on the CPU a channels-last float32 max pool runs on jaxcnn's FFI kernels
-(:func:`jaxcnn.ops.onednn.max_pool`), elsewhere on the lax formulation, whose
+measured: on the CPU a channels-last float32 (32 channels or more) or bfloat16 max pool
+runs on jaxcnn's FFI kernels (:func:`jaxcnn.ops.onednn.max_pool_usable`), elsewhere on the lax formulation, whose
 gradient is jaxcnn's own (see :func:`max_pool2d_auto`).
 """
 
