@@ -146,16 +146,22 @@ def enable_compilation_cache() -> str | None:
     return path
 
 
-def cpu_model() -> str:
-    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows of it."""
+def cpuinfo_field(name: str) -> str | None:
+    """The value of the first ``name`` line of ``/proc/cpuinfo`` (e.g. ``"model name"``, ``"flags"``), or None
+    where there is no such line or file."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows of it."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def machine_fingerprint() -> dict:

@@ -185,3 +185,10 @@ def test_enable_compilation_cache_stores_compiled_programs(tmp_path, who):
     expected = tmp_path / ("xla" if who == "jaxcnn" else "user")
     assert out == str(expected)
     assert any(p.name.startswith("jit__lambda") for p in expected.iterdir())
+
+
+def test_cpuinfo_fields_are_read_from_proc_cpuinfo():
+    assert runtime.cpuinfo_field("no such field") is None
+    if os.path.exists("/proc/cpuinfo"):
+        assert runtime.cpu_model() == runtime.cpuinfo_field("model name")
+        assert runtime.cpuinfo_field("flags")  # a Linux CPU lists its features

@@ -194,11 +194,7 @@ BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 def native_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 products natively (:data:`BFLOAT16_CPU_FLAGS`, read from
     ``/proc/cpuinfo``; False where that file is missing)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = (runtime.cpuinfo_field("flags") or "").split()
     return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
 
 
