@@ -452,8 +452,8 @@ void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, c
 void max_pool_grad_examples(const PoolGeometry& g, int64_t begin, int64_t end, const bf16_bits* dy,
                             const uint8_t* index, bf16_bits* dx) {
   const int64_t first = begin * g.h * g.w * g.c, count = (end - begin) * g.h * g.w * g.c;
-  std::vector<float> sums(count);
-  pool_grad_sums(g, begin, end, dy, index, sums.data());
+  std::unique_ptr<float[]> sums(new float[count]);  // uninitialised: pool_grad_sums zeroes it
+  pool_grad_sums(g, begin, end, dy, index, sums.get());
   for (int64_t k = 0; k < count; ++k) dx[first + k] = to_bfloat16(sums[k]);
 }
 
