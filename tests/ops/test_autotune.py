@@ -151,11 +151,11 @@ def test_measured_plans_are_timed_not_defaulted(monkeypatch, filters, names):
     mix against each formulation doing both; the input gradient alone."""
     timed = []
 
-    def first(candidates, args):
+    def equal(candidates, args):
         timed.append([str(name) for name in candidates])
-        return next(iter(candidates))
+        return dict.fromkeys(candidates, 1.0)
 
-    monkeypatch.setattr(autotune, "_fastest", first)
+    monkeypatch.setattr(autotune, "_best_times", equal)
     autotune.clear_plans()
     ops.conv2d_auto(np.ones((16, 36, 36, 1), np.float32), np.ones((5, 5, 1, filters), np.float32))
     assert timed[:2] == [names] * 2
@@ -164,17 +164,41 @@ def test_measured_plans_are_timed_not_defaulted(monkeypatch, filters, names):
     autotune.clear_plans()
 
 
+# Seconds per call of each pass alone, the pair of winners (onednn, im2col): 1.0 + 1.0.
+FORWARD_TIMES = {"xla": 1.2, "im2col": 2.5, "onednn": 1.0}
+GRAD_WEIGHT_TIMES = {"xla": 1.8, "im2col": 1.0, "onednn": 1.5}
+
+
+@pytest.mark.parametrize("margin,pairs", [
+    (1.5, [("onednn", "im2col"), ("xla", "xla"), ("onednn", "onednn")]),  # 3.0 and 2.5 are within 1.5 * 2.0
+    (1.2, [("onednn", "im2col")]),  # no other pair is within 2.4: the winners' mix is taken untimed
+])
+def test_pairs_timed_are_those_whose_passes_alone_are_within_the_margin(monkeypatch, margin, pairs):
+    timed = []
+
+    def pair_times(candidates, args):
+        timed.append(list(candidates))
+        return {pair: 1.0 if pair == ("xla", "xla") else 2.0 for pair in candidates}
+
+    monkeypatch.setattr(autotune, "_best_times", pair_times)
+    monkeypatch.setattr(autotune, "PAIR_MARGIN", margin)
+    window = Window((3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), (8, 8))
+    chosen = autotune._fastest_pair(FORWARD_TIMES, GRAD_WEIGHT_TIMES, window, 1, args=None)
+    assert timed == ([pairs] if len(pairs) > 1 else [])
+    assert chosen == (("xla", "xla") if len(pairs) > 1 else ("onednn", "im2col"))
+
+
 def test_candidates_are_traced_as_the_step_traces_them(monkeypatch):
     """Plans are measured while a step is traced; the candidates must still trace to programs with no
     eagerly computed constants (lax's passes differentiate at zeros, which a step stages as broadcasts)."""
     consts = {}
 
-    def first(candidates, args):
+    def equal(candidates, args):
         for name, fn in candidates.items():
             consts[str(name)] = len(jax.make_jaxpr(fn)(*args).consts)
-        return next(iter(candidates))
+        return dict.fromkeys(candidates, 1.0)
 
-    monkeypatch.setattr(autotune, "_fastest", first)
+    monkeypatch.setattr(autotune, "_best_times", equal)
     monkeypatch.setattr(autotune, "_PLANS", {})
     monkeypatch.setattr(autotune, "_measures", lambda: True)
     monkeypatch.setenv("JAXCNN_CACHE_DIR", "")
@@ -205,7 +229,7 @@ def test_initialising_a_model_measures_nothing(monkeypatch):
     def fail(*args):
         raise AssertionError("measured while paused")
 
-    monkeypatch.setattr(autotune, "_fastest", fail)
+    monkeypatch.setattr(autotune, "_best_times", fail)
     autotune.clear_plans()
     create_train_state(Wide(), optax.sgd(0.1), (64, 64, 16), seed=0, ema=False)
     summary(Wide(), (64, 64, 16))
