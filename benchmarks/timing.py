@@ -13,6 +13,12 @@ import jax
 
 from jaxcnn import models, runtime
 
+# The CPU benchmarks' models, as in the README's table: (batch, image shape).
+CPU_MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3)),
+              "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3)),
+              "vgg16_bn": (32, (32, 32, 3)), "alexnet": (16, (227, 227, 3)), "nin": (16, (224, 224, 3))}
+CPU_MODEL_OPTIONS = {"vgg16_bn": {"head": "cifar"}}  # the CIFAR-10 VGG of experiments/vgg16_cifar10.py
+
 
 def block(tree):
     return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, tree)

@@ -53,7 +53,16 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import machine, matmul_peak_tflops, median, side_by_side, spread, train_flops_per_image  # noqa: E402
+from timing import (  # noqa: E402
+    CPU_MODEL_OPTIONS,
+    CPU_MODELS,
+    machine,
+    matmul_peak_tflops,
+    median,
+    side_by_side,
+    spread,
+    train_flops_per_image,
+)
 
 from jaxcnn import models, ops, runtime  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, train_step  # noqa: E402
@@ -267,10 +276,6 @@ def torch_models():
 
 
 TORCH_LAYOUTS = ("NCHW", "NHWC")  # PyTorch's default, and channels_last
-MODELS = {"lenet5": (128, (32, 32, 1)), "resnet20": (128, (32, 32, 3)), "resnet50": (16, (64, 64, 3)),
-          "densenet_bc_100_12": (64, (32, 32, 3)), "googlenet": (16, (112, 112, 3)), "vgg16_bn": (32, (32, 32, 3)),
-          "alexnet": (16, (227, 227, 3)), "nin": (16, (224, 224, 3))}
-MODEL_OPTIONS = {"vgg16_bn": {"head": "cifar"}}  # the CIFAR-10 VGG of experiments/vgg16_cifar10.py
 
 
 def torch_step(name, batch, shape, channels_last=False, bfloat16=False):
@@ -338,7 +343,7 @@ def per_round_ratio(torch_seconds, jax_seconds) -> str:
 
 def jax_model(name, backend="xla", dtype="float32"):
     return models.create(name, num_classes=10, conv_backend=backend, dtype=jnp.dtype(dtype),
-                         **MODEL_OPTIONS.get(name, {}))
+                         **CPU_MODEL_OPTIONS.get(name, {}))
 
 
 def jax_step(name, batch, shape, backend, dtype="float32"):
@@ -400,7 +405,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--backends", default="xla,im2col,auto")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(CPU_MODELS))
     parser.add_argument("--skip_layers", action="store_true")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                         help="bfloat16: jaxcnn's models with dtype=bfloat16 (float32 parameters) against "
@@ -415,7 +420,7 @@ def main():
         runtime.dispatch_cpu_inline()
     runtime.tune_cpu_malloc()
     backends = args.backends.split(",")
-    children = {(name, layout): TorchStepInChild(name, *MODELS[name], layout, args.dtype)
+    children = {(name, layout): TorchStepInChild(name, *CPU_MODELS[name], layout, args.dtype)
                 for name in args.models.split(",") for layout in TORCH_LAYOUTS}
     print(f"`python {' '.join(sys.argv)}` on {machine()}, "
           f"torch {next(iter(children.values())).version}, PyTorch's steps in child processes\n")
@@ -428,7 +433,7 @@ def main():
     print("|---" * (1 + len(references) + len(backends) + len(backends) * len(references)) + "|")
     first_step, utilisation = {}, []
     for name in args.models.split(","):
-        batch, shape = MODELS[name]
+        batch, shape = CPU_MODELS[name]
         cands = {f"PyTorch {layout}": children[name, layout] for layout in TORCH_LAYOUTS}
         for b in backends:
             cands[b], first_step[name, b] = jax_step(name, batch, shape, b, args.dtype)
