@@ -44,7 +44,11 @@ class Checkpoints:
         self._manager.wait_until_finished()
 
     def restore(self, template, step: int | None = None):
-        """The state saved at ``step`` (default: the latest), laid out like ``template``."""
+        """The state saved at ``step`` (default: the latest), laid out like ``template``.
+
+        ``template`` may hold arrays or ``jax.ShapeDtypeStruct``s (a jitted initialiser's
+        ``eval_shape()``: nothing is computed or compiled to restore).
+        """
         step = self.latest_step() if step is None else step
         path = self.path(step)
         abstract = jax.tree_util.tree_map(

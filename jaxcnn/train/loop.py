@@ -176,16 +176,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fp16 = config.dtype == "float16"
     init = functools.partial(create_train_state, model, tx, pipeline.input_shape, seed=config.seed,
                              ema=config.optimizer.ema_decay > 0, loss_scale=INITIAL_LOSS_SCALE if fp16 else 1.0)
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    init = jax.jit(init, out_shardings=parallel.replicated(mesh))
+    abstract_state = init.eval_shape()  # a resumed run restores into it: no initial state is compiled
 
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                              meta=_meta(config, state))
+                              meta=_meta(config, abstract_state))
     start_step = 0
     if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
+        state = checkpoints.restore(abstract_state)
         start_step = int(jax.device_get(state.step))
         log.warning("resumed from step %d", start_step)
         print(f"resumed from step {start_step}", flush=True)
+    else:
+        state = init()
 
     l2 = config.optimizer.weight_decay if config.optimizer.weight_decay_mode == "l2" and \
         config.optimizer.name != "adamw" else 0.0

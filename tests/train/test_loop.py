@@ -125,6 +125,31 @@ def test_corrupt_and_foreign_checkpoints_are_refused_by_name(tmp_path, data_dir)
         train_and_evaluate(_tiny(data_dir), str(tmp_path))
 
 
+def test_a_checkpoint_restores_into_an_abstract_state_as_into_arrays(tmp_path):
+    """A resumed run restores into its initialiser's ``eval_shape()`` (no initial state computed or compiled)."""
+    import functools
+
+    import jax
+    import numpy as np
+    import optax
+
+    from jaxcnn import models
+    from jaxcnn.train import Checkpoints, create_train_state
+
+    init = jax.jit(functools.partial(create_train_state, models.create("lenet5", num_classes=10),
+                                     optax.sgd(0.1, momentum=0.9), (32, 32, 1), seed=3, ema=True))
+    saved = jax.tree_util.tree_map(lambda a: a + 1 if a.dtype == np.float32 else a, init())  # not the init
+    checkpoints = Checkpoints(str(tmp_path), keep=1, meta={"model": "lenet5"})
+    checkpoints.save(7, saved)
+    from_arrays = checkpoints.restore(init())
+    from_abstract = checkpoints.restore(init.eval_shape())
+    assert type(from_abstract) is type(saved)
+    for restored in (from_arrays, from_abstract):
+        for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(saved), strict=True):
+            assert isinstance(a, jax.Array) and a.dtype == b.dtype and np.array_equal(a, b)
+    checkpoints.close()
+
+
 def test_unwritable_workdir_is_a_clear_error(tmp_path, data_dir):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
