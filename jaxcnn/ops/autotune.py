@@ -429,8 +429,8 @@ def _measure_conv_plan(x_shape, w_shape, dtype, window: Window, groups: int) -> 
 
 # A formulation doing both passes is timed against the passes' winners only where its passes
 # timed alone take at most this much longer than the winners': over 155 shapes of eight models,
-# the pair that won took at most 1.25x its passes' sum alone (GoogLeNet's 832->32 1x1: oneDNN,
-# whose weight gradient reads the forward's stored input), and the others never won.
+# the pair that won took at most 1.25x its passes' sum alone (GoogLeNet's 832->32 1x1: oneDNN
+# doing both, which stores no copy of the input, see _stores_input_apart), and the others never won.
 PAIR_MARGIN = 1.5
 
 

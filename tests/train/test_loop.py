@@ -1,5 +1,6 @@
 """train_and_evaluate end to end: outputs, resumption after SIGKILL and SIGTERM, the guards and errors."""
 
+import functools
 import json
 import os
 import re
@@ -9,9 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+import optax
 import pytest
 
-from jaxcnn.train import CheckpointError, NonFiniteLossError, train_and_evaluate
+from jaxcnn import models
+from jaxcnn.train import (
+    CheckpointError,
+    Checkpoints,
+    NonFiniteLossError,
+    create_train_state,
+    train_and_evaluate,
+)
 from tests.train.test_config_and_optim import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,15 +138,6 @@ def test_corrupt_and_foreign_checkpoints_are_refused_by_name(tmp_path, data_dir)
 
 def test_a_checkpoint_restores_into_an_abstract_state_as_into_arrays(tmp_path):
     """A resumed run restores into its initialiser's ``eval_shape()`` (no initial state computed or compiled)."""
-    import functools
-
-    import jax
-    import numpy as np
-    import optax
-
-    from jaxcnn import models
-    from jaxcnn.train import Checkpoints, create_train_state
-
     init = jax.jit(functools.partial(create_train_state, models.create("lenet5", num_classes=10),
                                      optax.sgd(0.1, momentum=0.9), (32, 32, 1), seed=3, ema=True))
     saved = jax.tree_util.tree_map(lambda a: a + 1 if a.dtype == np.float32 else a, init())  # not the init
