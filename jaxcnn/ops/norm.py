@@ -103,6 +103,7 @@ def batch_moments(x, axis_name: str | None = None):
     return mean, jnp.maximum(mean_sq - jnp.square(mean), 0.0)
 
 
+@jax.jit  # traced once per shape: a DenseNet's BatchNorms ask for the same pieces' moments O(layers²) times
 def _mean_and_mean_square(x):
     """``(2, C)``: the per-channel means of ``x`` and of ``x²``, in at least float32."""
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
