@@ -147,13 +147,14 @@ def enable_compilation_cache() -> str | None:
 
 
 def cpuinfo_field(name: str) -> str | None:
-    """The value of the first ``name`` line of ``/proc/cpuinfo`` (e.g. ``"model name"``, ``"flags"``), or None
-    where there is no such line or file."""
+    """The value of the first ``name`` field of ``/proc/cpuinfo`` (e.g. ``"model name"``, ``"flags"``), or None
+    where there is no such field or file. The name must match whole: ``"model"`` is not ``"model name"``."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
+                field, colon, value = line.partition(":")
+                if colon and field.strip() == name:
+                    return value.strip()
     except OSError:
         pass
     return None

@@ -192,3 +192,11 @@ def test_cpuinfo_fields_are_read_from_proc_cpuinfo():
     if os.path.exists("/proc/cpuinfo"):
         assert runtime.cpu_model() == runtime.cpuinfo_field("model name")
         assert runtime.cpuinfo_field("flags")  # a Linux CPU lists its features
+
+
+def test_cpuinfo_fields_match_their_whole_name(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("model name\t: Some CPU\nvmx flags\t: ept\nmodel\t\t: 17\nflags\t\t: avx512_bf16 sse\n")
+    monkeypatch.setattr(runtime, "open", lambda path: open(fake), raising=False)
+    assert runtime.cpuinfo_field("model") == "17" and runtime.cpuinfo_field("model name") == "Some CPU"
+    assert runtime.cpuinfo_field("flags") == "avx512_bf16 sse" and runtime.cpuinfo_field("mod") is None
