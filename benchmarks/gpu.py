@@ -45,7 +45,7 @@ from jax.profiler import ProfileData
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import block, machine, matmul_peak_tflops, median, side_by_side, spread, train_flops_per_image  # noqa: E402
 
-from jaxcnn import models  # noqa: E402
+from jaxcnn import models, runtime  # noqa: E402
 from jaxcnn.train import StepConfig, create_train_state, parallel, train_step  # noqa: E402
 
 
@@ -67,8 +67,8 @@ def step_candidate(name, per_device_batch, image_shape, dtype, mode, conv_backen
     cfg = StepConfig(axis_name=parallel.AXIS if mode == "shard_map" else None)
     step = functools.partial(train_step, apply_fn=model.apply, tx=tx, schedule=schedule, cfg=cfg)
     train, _ = parallel.compile_steps(mode, mesh, step, lambda state, batch: {})
-    state = jax.jit(functools.partial(create_train_state, model, tx, image_shape, seed=0, ema=False),
-                    out_shardings=parallel.replicated(mesh))()
+    state = runtime.jit_once(functools.partial(create_train_state, model, tx, image_shape, seed=0, ema=False),
+                             out_shardings=parallel.replicated(mesh))()
     data = jax.device_put({"image": jax.random.normal(jax.random.key(1), (batch, *image_shape)),
                            "label": jax.random.randint(jax.random.key(2), (batch,), 0, 10)},
                           parallel.batch_sharding(mesh))

@@ -54,7 +54,8 @@ def child(name: str, backend: str) -> dict:
     batch_size, shape = CPU_MODELS[name]
     model = models.create(name, num_classes=10, conv_backend=backend, **CPU_MODEL_OPTIONS.get(name, {}))
     tx = optax.sgd(0.01, momentum=0.9)
-    state = jax.jit(functools.partial(create_train_state, model, tx, shape, seed=0, ema=False))()
+    jit_once = getattr(runtime, "jit_once", jax.jit)  # a --baseline checkout from before jit_once: jax.jit
+    state = jit_once(functools.partial(create_train_state, model, tx, shape, seed=0, ema=False))()
     jax.block_until_ready(state)
     init = time.perf_counter()
     step = runtime.jit(functools.partial(train_step, apply_fn=model.apply, tx=tx,
@@ -74,9 +75,11 @@ def run_child(name: str, backend: str, cache: str, checkout: str | None = None) 
     env = {**os.environ, "JAXCNN_CACHE_DIR": cache}
     if checkout:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, __file__, "--child", name, "--backend", backend], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, __file__, "--child", name, "--backend", backend], env=env,
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the {name} child ({checkout or 'this checkout'}) failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():

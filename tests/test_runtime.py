@@ -10,10 +10,13 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 from jax import lax
 
-from jaxcnn import runtime
+from jaxcnn import models, runtime
+from jaxcnn.train import create_train_state
 
 # "im2col": ResNet-20's first-stage convolution on the im2col backend: its im2col matrix is 75 MB,
 # above the 64 MB heap limit of glibc's secondary arenas, so with asynchronous dispatch each call maps
@@ -99,6 +102,19 @@ def test_cpu_compiler_options_unknown_to_xla_are_dropped(monkeypatch):
         assert float(runtime.jit(lambda v: v * 2)(jnp.float32(3))) == 6.0
     finally:
         runtime.cpu_compiler_options.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+def test_jit_once_initialises_a_model_to_the_values_of_jax_jit(name):
+    """Compiled with less optimisation, the initialiser still draws the same parameters and optimizer
+    state, bit for bit (Adam's two moments and EMA too, so that every kind of leaf is compared)."""
+    model = models.create(name, num_classes=10)
+    init = functools.partial(create_train_state, model, optax.adamw(1e-3), models.input_shape(name), seed=3,
+                             ema=True)
+    once, default = runtime.jit_once(init)(), jax.jit(init)()
+    assert jax.tree.structure(once) == jax.tree.structure(default)
+    for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(default)):
+        np.testing.assert_array_equal(a, b)
 
 
 # --- the per-machine cache ------------------------------------------------------------------

@@ -176,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     fp16 = config.dtype == "float16"
     init = functools.partial(create_train_state, model, tx, pipeline.input_shape, seed=config.seed,
                              ema=config.optimizer.ema_decay > 0, loss_scale=INITIAL_LOSS_SCALE if fp16 else 1.0)
-    init = jax.jit(init, out_shardings=parallel.replicated(mesh))
+    init = runtime.jit_once(init, out_shardings=parallel.replicated(mesh))
     abstract_state = init.eval_shape()  # a resumed run restores into it: no initial state is compiled
 
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
