@@ -71,6 +71,30 @@ def test_a_buffer_above_2_gib_is_reused_too():
     assert _faults_per_call("inline", "2GiB", calls=5) < 1000
 
 
+_RELEASE_PROBE = textwrap.dedent("""
+    import numpy as np
+    from jaxcnn import runtime
+    def rss_mib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    runtime.tune_cpu_malloc()
+    block = np.ones(2**26)  # 512 MiB from the heap, kept mapped once freed
+    del block
+    kept = rss_mib()
+    runtime.release_free_memory()
+    print(kept, rss_mib())
+""")
+
+
+@pytest.mark.skipif(not runtime.tune_cpu_malloc() or not os.path.exists("/proc/self/status"),
+                    reason="needs glibc and /proc")
+def test_free_memory_the_tuned_heap_keeps_is_released():
+    out = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], capture_output=True, text=True, check=True,
+                         env={"JAX_PLATFORMS": "cpu", "PATH": ""})
+    kept, released = map(float, out.stdout.split())
+    assert kept - released > 400, (kept, released)  # of the 512 MiB freed
+
+
 def _conv_and_dot(x, w, a):
     return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")), a @ a
 

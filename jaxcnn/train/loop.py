@@ -224,8 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         measured_before = ops.autotune.measured()
         for step in range(start_step, total_steps):
             state, metrics = train_fn(state, next(batches))
-            if step == start_step and is_main:
-                _report_measuring(bar, measured_before)
+            if step == start_step:
+                runtime.release_free_memory()  # what measuring plans and compiling the step left behind
+                if is_main:
+                    _report_measuring(bar, measured_before)
             if wait_each_step:
                 jax.block_until_ready(metrics)
             pending.append(metrics)
@@ -251,7 +253,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending, first_window, window_start, paused = [], False, time.time(), 0.0
             if eval_now:
                 tick = time.time()
+                first_eval = eval_result is None
                 eval_result = evaluate(done)
+                if first_eval:
+                    runtime.release_free_memory()  # what compiling the evaluation step left behind
                 bar.write(f"step {done}: " + ", ".join(f"eval {k} {v:.4f}" for k, v in eval_result.items()))
                 paused += time.time() - tick
             if save_now:

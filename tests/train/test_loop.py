@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxcnn import models
+from jaxcnn import models, runtime
 from jaxcnn.train import (
     CheckpointError,
     Checkpoints,
@@ -48,8 +48,12 @@ def _tiny(data_dir, name="default", **overrides):
     return config
 
 
-def test_default_experiment_writes_every_output(tmp_path, data_dir):
+def test_default_experiment_writes_every_output(tmp_path, data_dir, monkeypatch):
+    released = []  # at which point of the run the heap's free memory was handed back
+    monkeypatch.setattr(runtime, "release_free_memory", lambda: released.append(
+        len((tmp_path / "metrics.jsonl").read_text().splitlines()) if (tmp_path / "metrics.jsonl").exists() else 0))
     results = train_and_evaluate(_tiny(data_dir, figures=True), str(tmp_path))
+    assert released == [0, 3]  # after the first step, and after the first evaluation (train 4, 6, eval 6 written)
     assert results["step"] == 12 and results["completed"] and 0.0 <= results["test_accuracy"] <= 1.0
     on_disk = json.loads((tmp_path / "results.json").read_text())
     for key in ("test_accuracy", "test_loss", "step", "wall_time_s", "train_images_per_sec"):
