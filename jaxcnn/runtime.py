@@ -40,14 +40,8 @@ def tune_cpu_malloc() -> bool:
     see :func:`dispatch_cpu_inline`. Returns False (and changes nothing) where the
     C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    return mallopt is not None and bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
 
 
 def release_free_memory() -> bool:
@@ -60,13 +54,22 @@ def release_free_memory() -> bool:
     step faults its temporaries back in once (~50 ms there); later steps keep them,
     at the same speed. Returns False (and does nothing) where the C library is not glibc.
     """
-    try:
-        malloc_trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    malloc_trim = _libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+    if malloc_trim is None:
         return False
-    malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
     malloc_trim(0)
     return True
+
+
+def _libc_function(name: str, argtypes: list, restype):
+    """The C library's function ``name``, typed; None where it has none (glibc's ``mallopt`` and ``malloc_trim``
+    are not in every C library)."""
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes, function.restype = argtypes, restype
+    return function
 
 
 def dispatch_cpu_inline() -> None:
