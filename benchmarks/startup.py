@@ -60,8 +60,9 @@ def _reset_peak_rss() -> float:
 
 def child(name: str, backend: str, steps: int) -> dict:
     """One fresh jaxcnn process: seconds per phase to the end of its first step, then ``steps`` more
-    steps, and its memory: the RSS after imports, the peak RSS above it, and XLA's own figure for the
-    compiled step's buffers (arguments, outputs not aliased to them, temporaries). Printed as JSON."""
+    steps, and its memory: the RSS after imports, the peak RSS above it and the RSS above it at the end,
+    and XLA's own figure for the compiled step's buffers (arguments, outputs not aliased to them,
+    temporaries). Printed as JSON."""
     start = time.perf_counter()
     import functools
 

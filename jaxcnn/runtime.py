@@ -49,8 +49,8 @@ def release_free_memory() -> bool:
 
     Compiling a step takes far more memory than running it, and glibc keeps what
     was freed mapped (with :func:`tune_cpu_malloc`, by design; without it, whenever a
-    live block sits above the freed ones): a cold GoogLeNet process held 1.6 GiB
-    after its first step, 1.3 GiB of it free, and 0.6 GiB once released. The next
+    live block sits above the freed ones): a cold GoogLeNet process held 1.6 GiB above
+    its imports after its first step, 1.3 GiB of it free, and 0.6 GiB once released. The next
     step faults its temporaries back in once (~50 ms there); later steps keep them,
     at the same speed. Returns False (and does nothing) where the C library is not glibc.
     """
