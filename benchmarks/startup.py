@@ -58,6 +58,12 @@ def _reset_peak_rss() -> float:
     return _status_mib("VmRSS")
 
 
+def _memory_above(imported: float) -> dict:
+    """The RSS after imports, and the peak RSS and the RSS now above it, in MiB."""
+    return {"imported MiB": imported, "peak MiB": _status_mib("VmHWM") - imported,
+            "held MiB": _status_mib("VmRSS") - imported}
+
+
 def child(name: str, backend: str, steps: int) -> dict:
     """One fresh jaxcnn process: seconds per phase to the end of its first step, then ``steps`` more
     steps, and its memory: the RSS after imports, the peak RSS above it and the RSS above it at the end,
@@ -101,9 +107,7 @@ def child(name: str, backend: str, steps: int) -> dict:
     step_bytes = (buffers.argument_size_in_bytes + buffers.output_size_in_bytes - buffers.alias_size_in_bytes
                   + buffers.temp_size_in_bytes)
     return {"init": init - start, "plans+compile": ready - init, "measuring": autotune.measured()[1],
-            "step": end - ready, "total": end - start, "imported MiB": imported,
-            "peak MiB": _status_mib("VmHWM") - imported, "held MiB": _status_mib("VmRSS") - imported,
-            "XLA step MiB": step_bytes / 2**20}
+            "step": end - ready, "total": end - start, **_memory_above(imported), "XLA step MiB": step_bytes / 2**20}
 
 
 def torch_child(name: str, layout: str, steps: int) -> dict:
@@ -125,8 +129,7 @@ def torch_child(name: str, layout: str, steps: int) -> dict:
     for _ in range(steps):
         run()
     return {"init": init - start, "plans+compile": 0.0, "measuring": 0.0, "step": end - init, "total": end - start,
-            "imported MiB": imported, "peak MiB": _status_mib("VmHWM") - imported,
-            "held MiB": _status_mib("VmRSS") - imported, "torch": torch.__version__}
+            **_memory_above(imported), "torch": torch.__version__}
 
 
 def run_child(flags: list[str], cache: str | None = None, checkout: str | None = None) -> dict:

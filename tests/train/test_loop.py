@@ -49,9 +49,12 @@ def _tiny(data_dir, name="default", **overrides):
 
 
 def test_default_experiment_writes_every_output(tmp_path, data_dir, monkeypatch):
-    released = []  # at which point of the run the heap's free memory was handed back
-    monkeypatch.setattr(runtime, "release_free_memory", lambda: released.append(
-        len((tmp_path / "metrics.jsonl").read_text().splitlines()) if (tmp_path / "metrics.jsonl").exists() else 0))
+    def records_written():
+        metrics = tmp_path / "metrics.jsonl"
+        return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+    released = []  # how many metric records the run had written each time it handed free memory back
+    monkeypatch.setattr(runtime, "release_free_memory", lambda: released.append(records_written()))
     results = train_and_evaluate(_tiny(data_dir, figures=True), str(tmp_path))
     assert released == [0, 3]  # after the first step, and after the first evaluation (train 4, 6, eval 6 written)
     assert results["step"] == 12 and results["completed"] and 0.0 <= results["test_accuracy"] <= 1.0
