@@ -1,6 +1,7 @@
 """Accelerator training throughput: ResNet-50 bf16 (the MLPerf bar), LeNet-5 and ResNet-20, jit vs shard_map.
 
     python benchmarks/gpu.py [--rounds 5] [--resnet50_batch 256] [--image_size 224] [--pytorch] [--profile TOP]
+                             [--matmul_size 8192]
 
 Needs jaxcnn's dependencies other than TensorFlow (jax, flax, optax, ml_collections; no
 PyTorch), so it runs on an accelerator machine without TensorFlow. Where that machine
@@ -8,7 +9,8 @@ lacks ml_collections and cannot reach an index, take its wheel along: here
 ``pip download --no-deps -d .device_wheels ml-collections`` (untracked, so it travels
 with the working tree), there ``pip install --no-deps --no-index .device_wheels/*.whl``
 before the run (checked with TensorFlow, PyTorch, scikit-learn and matplotlib
-unimportable: ``--models lenet5,resnet20`` runs on the CPU). Every model trains
+unimportable: ``--models lenet5,resnet20`` runs on the CPU; ``tests/test_benchmarks.py``
+keeps checking LeNet-5's run that way). Every model trains
 with jaxcnn's own ``train_step`` (SGD with Nesterov momentum, cross-entropy) on a
 synthetic batch resident on the devices, with the state donated, in each parallel mode
 over all local devices: ``jit`` (sharded batch, compiler-inserted all-reduce) and
@@ -189,6 +191,8 @@ def main():
                         help="also time PyTorch eager on the first device, in the same rounds")
     parser.add_argument("--profile", type=int, default=0, metavar="TOP",
                         help="also trace 5 steps of each jaxcnn mode and print the TOP costliest kernels")
+    parser.add_argument("--matmul_size", type=int, default=8192,
+                        help="side of the square matmul whose rate is the MFU's peak")
     args = parser.parse_args()
     if args.pytorch:  # leave PyTorch room on the device: JAX allocates what it needs, not 75% upfront
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -199,7 +203,7 @@ def main():
               "resnet20": (128, (32, 32, 3), jnp.float32), "lenet5": (128, (32, 32, 1), jnp.float32)}
     peaks = {}
     for dtype in {setups[m][2] for m in args.models.split(",")}:
-        peaks[jnp.dtype(dtype).name] = matmul_peak_tflops(dtype, size=8192)
+        peaks[jnp.dtype(dtype).name] = matmul_peak_tflops(dtype, size=args.matmul_size)
         print(f"measured {jnp.dtype(dtype).name} matmul peak: {peaks[jnp.dtype(dtype).name]:.1f} TFLOP/s per device")
     print()
     table = ["| model (global batch, dtype) | mode | images/s | per device | compile s | GFLOP/image "
