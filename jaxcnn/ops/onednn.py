@@ -386,22 +386,20 @@ def _stored_partitioned(ndim: int):
 # --- max pooling --------------------------------------------------------------------------------
 
 MAX_POOL_TAPS = 256  # the tap index is stored as one byte
-# The fewest channels from which the FFI pool beats the lax formulation, per dtype (benchmarks/RESULTS.md).
-# float32: below 16 channels (one AVX-512 vector of floats) the kernels' channel loops run scalar and the
-# call per output and tap costs more than the work: 1.3-3.4x the lax formulation's time alone (LeNet-5's
-# 6-channel S2: 2.8x). At 16 they ran 0.49-1.08x alone, but LeNet-5's step with its 16-channel S4 on them
-# ran slower in two rounds of three (2.96, 3.00, 3.17 against 2.79, 2.69, 4.19 ms); from 32, 0.38-0.82x.
-# bfloat16: XLA:CPU converts to float32 and back around each operation of the lax formulation's gradient,
-# and the FFI pool won even on LeNet-5's 6 and 16 channels (its bfloat16 step 1.25-1.41x faster).
-MAX_POOL_MIN_CHANNELS = {jnp.dtype(jnp.float32): 32, jnp.dtype(jnp.bfloat16): 1}
+# The fewest float32 channels from which the FFI pool beats the lax formulation (benchmarks/RESULTS.md):
+# below 16 channels (one AVX-512 vector of floats) the kernels' channel loops run scalar and the call per
+# output and tap costs more than the work: 1.3-3.4x the lax formulation's time alone (LeNet-5's 6-channel
+# S2: 2.8x). At 16 they ran 0.49-1.08x alone, but LeNet-5's step with its 16-channel S4 on them ran slower
+# in two rounds of three (2.96, 3.00, 3.17 against 2.79, 2.69, 4.19 ms); from 32, 0.38-0.82x.
+MAX_POOL_MIN_CHANNELS = 32
 
 
 def max_pool_usable(x, window: Window) -> bool:
-    """Whether ``max_pool2d_auto`` runs :func:`max_pool` on the channels-last 4-D ``x``: float32 or
-    bfloat16, at least ``MAX_POOL_MIN_CHANNELS[dtype]`` channels, at most ``MAX_POOL_TAPS`` taps per window,
-    and :func:`takes` ``x``."""
-    min_channels = MAX_POOL_MIN_CHANNELS.get(jnp.dtype(x.dtype))
-    return (x.ndim == 4 and min_channels is not None and x.shape[-1] >= min_channels
+    """Whether ``max_pool2d_auto`` runs :func:`max_pool` on the channels-last 4-D ``x``: float32, at least
+    :data:`MAX_POOL_MIN_CHANNELS` channels, at most ``MAX_POOL_TAPS`` taps per window, and :func:`takes`
+    ``x``. (``max_pool2d_auto`` pools bfloat16 on the CPU as float32: faster than :func:`max_pool`'s
+    bfloat16 kernels.)"""
+    return (x.ndim == 4 and x.dtype == jnp.float32 and x.shape[-1] >= MAX_POOL_MIN_CHANNELS
             and math.prod(window.kernel_size) <= MAX_POOL_TAPS and takes(x))
 
 

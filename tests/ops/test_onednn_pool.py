@@ -107,13 +107,18 @@ def test_second_derivatives_and_vmap_equal_max_pool2d(shape, kw):
 @needs_kernels
 @pytest.mark.parametrize("shape,kw", [*GEOMETRIES, ((2, 12, 12, 6), dict(kernel_size=2)),
                                       ((2, 9, 9, 5), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True))],
-                         ids=[*IDS, "lenet-2x2c6", "3x3s2c5"])  # bfloat16 pools from one channel
-def test_bfloat16_pools_as_float32_on_the_same_values_with_one_rounding(shape, kw):
-    """bfloat16 in and out: the maximum is one of the values, bit for bit; each input's gradient is the
-    float32 sum of its cotangents, rounded once to bfloat16."""
+                         ids=[*IDS, "lenet-2x2c6", "3x3s2c5"])
+@pytest.mark.parametrize("pool", ["max_pool2d_auto", "kernels"])
+def test_bfloat16_pools_as_float32_on_the_same_values_with_one_rounding(shape, kw, pool):
+    """bfloat16 in and out, through max_pool2d_auto (which pools it as float32, on the kernels from 32
+    channels) and through the kernels' own bfloat16 loops: the maximum is one of the values, bit for bit;
+    each input's gradient is the float32 sum of its cotangents, rounded once to bfloat16."""
     rng = np.random.default_rng(6)
     x = jnp.asarray(np.maximum(randn(rng, shape), 0), jnp.bfloat16)  # ties, as after a ReLU
-    y, vjp = jax.vjp(lambda v: ops.max_pool2d_auto(v, **kw), x)
+    window = ops.pool.resolve_pool(x, 2, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
+                                   kw.get("dilation", 1), kw.get("ceil_mode", False), "NHWC", "test")[1].window
+    fn = {"max_pool2d_auto": lambda v: ops.max_pool2d_auto(v, **kw), "kernels": lambda v: onednn.max_pool(v, window)}[pool]
+    y, vjp = jax.vjp(fn, x)
     dy = jnp.asarray(randn(rng, y.shape), jnp.bfloat16)
     y32, vjp32 = jax.vjp(lambda v: ops.max_pool2d(v, **kw), x.astype(jnp.float32))
     assert y.dtype == jnp.bfloat16
@@ -121,7 +126,7 @@ def test_bfloat16_pools_as_float32_on_the_same_values_with_one_rounding(shape, k
     (dx,), (dx32,) = vjp(dy), vjp32(dy.astype(jnp.float32))
     assert dx.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx32.astype(jnp.bfloat16), np.float32))
-    assert _runs_the_kernels(lambda v: ops.max_pool2d_auto(v, **kw).astype(jnp.float32), x)
+    assert _runs_the_kernels(lambda v: fn(v).astype(jnp.float32), x) == (pool == "kernels" or shape[-1] >= 32)
 
 
 @needs_kernels
@@ -161,8 +166,11 @@ def test_few_channels_other_dtypes_layouts_and_missing_kernels_take_lax(monkeypa
     pool = lambda v, **kw: ops.max_pool2d_auto(v, 3, 2, padding=1, **kw)  # noqa: E731
     assert _runs_the_kernels(pool, x) == onednn.available()
     assert not _runs_the_kernels(pool, x[..., :31])
-    assert _runs_the_kernels(lambda v: pool(v.astype(jnp.bfloat16)).astype(jnp.float32), x[..., :6]) == \
-        onednn.available()  # bfloat16 from one channel
+    bfloat16 = lambda v: pool(v.astype(jnp.bfloat16)).astype(jnp.float32)  # noqa: E731
+    assert _runs_the_kernels(bfloat16, x) == onednn.available()  # pooled as float32, on the kernels from 32 channels
+    assert not _runs_the_kernels(bfloat16, x[..., :31])
+    if onednn.available():  # the kernels' float32 loops
+        assert "(f32[2,3,3,32]{3,2,1,0}, u8[2,3,3,32]{3,2,1,0}) custom-call" in jax.jit(bfloat16).lower(x).as_text("hlo")
     assert not _runs_the_kernels(lambda v: pool(v.astype(jnp.float16)).astype(jnp.float32), x)
     assert not _runs_the_kernels(lambda v: pool(v, data_format="NCHW"), np.moveaxis(x, -1, 1))
     monkeypatch.setattr(onednn, "available", lambda: False)
