@@ -15,7 +15,8 @@ ABSENT = ["tensorflow", "tensorflow_datasets", "torch", "sklearn", "matplotlib"]
 def test_gpu_benchmark_runs_both_modes_without_tensorflow_or_pytorch(tmp_path):
     for name in ABSENT:
         (tmp_path / f"{name}.py").write_text(f"raise ImportError('{name} is absent on the device machines')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     run = subprocess.run([sys.executable, "benchmarks/gpu.py", "--models", "lenet5", "--rounds", "1",
                           "--matmul_size", "256"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

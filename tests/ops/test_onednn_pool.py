@@ -32,6 +32,12 @@ def _runs_the_kernels(fn, x):
     return onednn.MAX_POOL_TARGET in text and onednn.MAX_POOL_GRAD_TARGET in text
 
 
+def _window(x, kw):
+    """The window ``max_pool2d(x, **kw)`` pools channels-last ``x`` over, as :func:`onednn.max_pool` takes it."""
+    return ops.pool.resolve_pool(x, 2, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0), kw.get("dilation", 1),
+                                 kw.get("ceil_mode", False), "NHWC", "test")[1].window
+
+
 def _torch_args(kw):
     """``kw`` as the loops' (kernel, stride, padding, dilation, ceil_mode), for explicit integer padding."""
     pair = lambda v: v if isinstance(v, tuple) else (v, v)  # noqa: E731
@@ -115,9 +121,8 @@ def test_bfloat16_pools_as_float32_on_the_same_values_with_one_rounding(shape, k
     each input's gradient is the float32 sum of its cotangents, rounded once to bfloat16."""
     rng = np.random.default_rng(6)
     x = jnp.asarray(np.maximum(randn(rng, shape), 0), jnp.bfloat16)  # ties, as after a ReLU
-    window = ops.pool.resolve_pool(x, 2, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
-                                   kw.get("dilation", 1), kw.get("ceil_mode", False), "NHWC", "test")[1].window
-    fn = {"max_pool2d_auto": lambda v: ops.max_pool2d_auto(v, **kw), "kernels": lambda v: onednn.max_pool(v, window)}[pool]
+    fn = {"max_pool2d_auto": lambda v: ops.max_pool2d_auto(v, **kw),
+          "kernels": lambda v: onednn.max_pool(v, _window(x, kw))}[pool]
     y, vjp = jax.vjp(fn, x)
     dy = jnp.asarray(randn(rng, y.shape), jnp.bfloat16)
     y32, vjp32 = jax.vjp(lambda v: ops.max_pool2d(v, **kw), x.astype(jnp.float32))
@@ -177,7 +182,7 @@ def test_few_channels_other_dtypes_layouts_and_missing_kernels_take_lax(monkeypa
     assert not _runs_the_kernels(pool, x)
     assert_close(pool(x), ops.max_pool2d(x, 3, 2, padding=1))
     with pytest.raises(onednn.BuildError, match="jaxcnn_max_pool: jaxcnn's FFI kernels run on the CPU"):
-        onednn.max_pool(x, ops.pool.resolve_pool(x, 2, 3, 2, 1, 1, False, "NHWC", "test")[1].window)
+        onednn.max_pool(x, _window(x, dict(kernel_size=3, stride=2, padding=1)))
 
 
 def test_bad_arguments_name_max_pool2d_auto():
