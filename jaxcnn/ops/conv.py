@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxcnn.ops import _checks
-from jaxcnn.ops.norm import add_channel_bias
+from jaxcnn.ops.norm import add_channel_bias, add_rounded_once
 from jaxcnn.ops.padding import Pairs, check_padding_mode, normalize_padding, pad_spatial
 
 _WEIGHT_LAYOUT = {
@@ -141,7 +141,7 @@ def add_bias(y, b, spec: ConvSpec):
         return add_channel_bias(y, b)
     shape = [1] * y.ndim
     shape[spec.channel_axis] = b.shape[0]
-    return y + b.reshape(shape)
+    return add_rounded_once(y, b.reshape(shape))
 
 
 def _conv(x, w, b, *, ndim, stride, padding, dilation, groups, padding_mode, data_format, fn):

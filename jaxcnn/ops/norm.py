@@ -75,9 +75,21 @@ def channel_sum(x):
 
 
 def add_channel_bias(x, b):
-    """``x + b`` for channels-last ``x`` ``(..., C)`` and ``b`` ``(C,)``; ``b``'s gradient is a wide sum."""
+    """``x + b`` for channels-last ``x`` ``(..., C)`` and ``b`` ``(C,)``, as :func:`add_rounded_once`;
+    ``b``'s gradient is a wide sum."""
     k = _blocks(x)
-    return (wide_view(x, k) + _tiled(b, k)).reshape(x.shape)
+    return add_rounded_once(wide_view(x, k), b, spread=lambda v: _tiled(v, k)).reshape(x.shape)
+
+
+def add_rounded_once(x, b, spread=lambda v: v):
+    """``x + spread(b)`` computed in at least float32 and rounded once to the dtype of ``x + b``: a
+    bfloat16 add's values, with ``b``'s gradient summed (and ``spread`` transposed) in float32.
+    Autodiff sums a broadcast's cotangent in the broadcast's dtype, and XLA:CPU sums bfloat16 rows
+    about 4x slower than it converts them and sums float32 (LeNet-5's 6272x96 bias gradient: 1.0
+    against 0.26 ms)."""
+    dtype = jnp.result_type(x, b)
+    wide = jnp.promote_types(dtype, jnp.float32)
+    return (x.astype(wide) + spread(b.astype(wide))).astype(dtype)
 
 
 def batch_moments(x, axis_name: str | None = None):
