@@ -29,15 +29,21 @@ def _per_example(x) -> int:
 
 def wide_blocks(x) -> int:
     """``k``: how many consecutive rows of channels-last ``x`` ``(N, ..., C)`` the wide view ``(M/k, k*C)``
-    puts side by side: the most, a power of two, with ``k*C <= WIDE_ROW`` and ``k`` dividing the rows of
-    one example (``H*W``), so the view never joins two examples and a batch sharded across devices stays
-    sharded the same way. 1 for more than ``WIDE_ROW / 2`` channels."""
+    puts side by side: the most with ``k*C <= WIDE_ROW`` and a view row inside one image row or made
+    of whole ones (``k`` dividing ``W``, the last spatial size, or a multiple of it dividing the rows
+    of one example). So the view never joins two examples, a batch sharded across devices stays
+    sharded the same way, and XLA:CPU's fusions index the view and the 4-D array alike: a view row
+    straddling two image rows made an elementwise pass over ``128x28x28x6`` 6x slower (0.42 against
+    0.064-0.069 ms for rows of 14 or 7 pixels; ``128x10x10x16``: 0.16 against 0.03). 1 for more than
+    ``WIDE_ROW / 2`` channels."""
     c = x.shape[-1] if x.ndim else 1
-    rows_per_example = math.prod(x.shape[1:-1])
-    k = 1
-    while 2 * k * c <= WIDE_ROW and rows_per_example % (2 * k) == 0:
-        k *= 2
-    return k
+    spatial = x.shape[1:-1]
+    rows_per_example = math.prod(spatial)
+    w = spatial[-1] if spatial else 1
+    for k in range(WIDE_ROW // max(c, 1), 1, -1):
+        if rows_per_example % k == 0 and (w % k == 0 or k % w == 0):
+            return k
+    return 1
 
 
 def wide_view(x, k: int):

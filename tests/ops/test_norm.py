@@ -13,9 +13,10 @@ from jaxcnn import ops
 from jaxcnn.ops import norm
 from tests.ops.helpers import assert_close, randn
 
-# Channels-last shapes whose wide view folds 1 to 16 rows of an example (C=6 @ 28x28: 16 rows of
-# 96; C=16 @ 4x4: 8 rows), cannot fold (7x5 rows, C above WIDE_ROW), or have no spatial axes.
-SHAPES = [(3, 28, 28, 6), (2, 4, 4, 16), (2, 7, 5, 3), (2, 2, 2, 160), (5, 12), (4, 6, 16)]
+# Channels-last shapes whose wide view folds rows of an example (C=6 @ 28x28: 14 rows of 84, half an
+# image row; C=16 @ 4x4: two image rows; C=3 @ 7x5: a whole example), cannot fold (C=30 @ 7x5, C
+# above WIDE_ROW), or have no spatial axes.
+SHAPES = [(3, 28, 28, 6), (2, 4, 4, 16), (2, 7, 5, 3), (2, 7, 5, 30), (2, 2, 2, 160), (5, 12), (4, 6, 16)]
 
 
 def _moments64(x):
@@ -72,12 +73,20 @@ def test_bfloat16_bias_adds_are_rounded_once_and_summed_in_float32(layout):
         x, w, b, padding=1, data_format=layout), b)[1](dy), b) == []
 
 
-def test_wide_view_folds_rows_of_one_example_only():
-    assert norm._blocks(jnp.zeros((3, 28, 28, 6))) == 16  # 16 x 6 = 96 <= 128
+def test_wide_view_rows_lie_in_one_image_row_or_are_whole_ones():
+    """A view row is part of one image row or whole image rows of one example: the most pixels with
+    at most WIDE_ROW values."""
+    assert norm._blocks(jnp.zeros((3, 28, 28, 6))) == 14  # 16 x 6 <= 128, but 16 pixels straddle rows of 28
+    assert norm._blocks(jnp.zeros((2, 10, 10, 16))) == 5
+    assert norm._blocks(jnp.zeros((2, 14, 14, 24))) == 2
     assert norm._blocks(jnp.zeros((2, 32, 32, 16))) == 8
-    assert norm._blocks(jnp.zeros((2, 7, 5, 3))) == 1  # 35 rows per example: odd
+    assert norm._blocks(jnp.zeros((2, 4, 4, 16))) == 8  # two image rows
+    assert norm._blocks(jnp.zeros((2, 7, 5, 3))) == 35  # the whole example
+    assert norm._blocks(jnp.zeros((2, 7, 5, 30))) == 1  # 2, 3 or 4 pixels: none divides 5
     assert norm._blocks(jnp.zeros((64, 1, 1, 4))) == 1  # one row per example
     assert norm._blocks(jnp.zeros((2, 2, 2, 160))) == 1
+    assert norm._blocks(jnp.zeros((4, 6, 16))) == 6  # (N, W, C)
+    assert norm._blocks(jnp.zeros((5, 12))) == 1
 
 
 @pytest.mark.parametrize("k", [1, 2, 8])
