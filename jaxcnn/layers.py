@@ -127,20 +127,21 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
         scale = self.param("scale", nn.initializers.ones_init(), features, self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros_init(), features, self.param_dtype)
+        out_dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         if use_running_average:
-            y = ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
-        else:
-            stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
-            axis_name = None if self.is_initializing() else self.axis_name
-            moments = None
-            if len(pieces) > 1:
-                moments = ops.batch_moments([p.astype(stats_dtype) for p in pieces], axis_name)
-            y, mean, var = ops.batch_norm(x.astype(stats_dtype), scale, bias, epsilon=self.epsilon,
-                                          axis_name=axis_name, moments=moments)
-            if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return jnp.asarray(y, nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+            return jnp.asarray(ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon), out_dtype)
+        stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+        if jnp.promote_types(x.dtype, jnp.float32) != stats_dtype:  # ops.norm computes in x's and float32's
+            x, pieces = x.astype(stats_dtype), [p.astype(stats_dtype) for p in pieces]
+        # else x as it is (a bfloat16 x too): the same values, and the channel sums read its own bytes
+        axis_name = None if self.is_initializing() else self.axis_name
+        moments = ops.batch_moments(pieces, axis_name) if len(pieces) > 1 else None
+        y, mean, var = ops.batch_norm(x, scale, bias, epsilon=self.epsilon, axis_name=axis_name, moments=moments,
+                                      dtype=out_dtype)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
 
 
 class MaxPool(nn.Module):

@@ -74,9 +74,11 @@ FORWARD_TARGET, GRAD_INPUT_TARGET, GRAD_WEIGHT_TARGET = (
     "jaxcnn_onednn_forward", "jaxcnn_onednn_grad_input", "jaxcnn_onednn_grad_weight")
 STORED_TARGET = "jaxcnn_stored"
 MAX_POOL_TARGET, MAX_POOL_GRAD_TARGET = "jaxcnn_max_pool", "jaxcnn_max_pool_grad"
+CHANNEL_MOMENTS_TARGET, CHANNEL_GRAD_SUMS_TARGET = "jaxcnn_channel_moments", "jaxcnn_channel_grad_sums"
 HANDLERS = {FORWARD_TARGET: "JaxcnnOnednnForward", GRAD_INPUT_TARGET: "JaxcnnOnednnGradInput",
             GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight", STORED_TARGET: "JaxcnnStored",
-            MAX_POOL_TARGET: "JaxcnnMaxPool", MAX_POOL_GRAD_TARGET: "JaxcnnMaxPoolGrad"}
+            MAX_POOL_TARGET: "JaxcnnMaxPool", MAX_POOL_GRAD_TARGET: "JaxcnnMaxPoolGrad",
+            CHANNEL_MOMENTS_TARGET: "JaxcnnChannelMoments", CHANNEL_GRAD_SUMS_TARGET: "JaxcnnChannelGradSums"}
 
 
 class BuildError(RuntimeError):
@@ -490,3 +492,85 @@ def _max_pool_grad_lax(dy, index, window: Window):
     """:func:`max_pool_grad` by lax: the transpose of picking each window's tap ``index``."""
     x_shape = jax.ShapeDtypeStruct((dy.shape[0], *window.in_size, dy.shape[3]), dy.dtype)
     return jax.linear_transpose(lambda x: pick_taps(x, index, window), x_shape)(dy)[0]
+
+
+# --- per-channel sums for BatchNorm -------------------------------------------------------------
+
+
+def sums_usable(*arrays) -> bool:
+    """Whether :func:`channel_moments` / :func:`channel_grad_sums` run here on these channels-last arrays:
+    at least 2-D, all float32 or all bfloat16, and :func:`takes` each."""
+    dtypes = {jnp.dtype(a.dtype) for a in arrays}
+    return (len(dtypes) == 1 and dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)}
+            and all(a.ndim >= 2 for a in arrays) and all(takes(a) for a in arrays))
+
+
+def _moments_reference(x):
+    rows = x.astype(jnp.float32).reshape(-1, x.shape[-1])
+    return jnp.stack([rows.sum(axis=0), jnp.square(rows).sum(axis=0)])
+
+
+def _grad_sums_reference(dy, x, mean):
+    dy, x = (a.astype(jnp.float32).reshape(-1, a.shape[-1]) for a in (dy, x))
+    return jnp.stack([dy.sum(axis=0), (dy * (x - mean)).sum(axis=0)])
+
+
+def _channels_rule(num_arrays: int, ndim: int, extra: str = "") -> str:
+    """A Shardy rule for sums over ``num_arrays`` batch-first arrays of ``ndim`` dims (sharing the batch
+    ``b`` only), ``extra`` operands after them, and one ``(2, C)`` result."""
+    arrays = ", ".join("b " + " ".join(f"a{i}_{d}" for d in range(1, ndim)) for i in range(num_arrays))
+    return f"{arrays}{extra} -> s n"
+
+
+@functools.cache
+def _moments_call(ndim: int):
+    def local(x):
+        return jax.ffi.ffi_call(CHANNEL_MOMENTS_TARGET, jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32))(x)
+
+    return _batch_sharded(local, (True,), _channels_rule(1, ndim), reduces_batch=True)
+
+
+@functools.cache
+def _grad_sums_call(ndim: int):
+    def local(dy, x, mean):
+        out = jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32)
+        return jax.ffi.ffi_call(CHANNEL_GRAD_SUMS_TARGET, out)(dy, x, mean)
+
+    return _batch_sharded(local, (True, True, False), _channels_rule(2, ndim, ", m"), reduces_batch=True)
+
+
+@jax.custom_jvp
+def channel_moments(x):
+    """``(2, C)`` float32: the per-channel sums of channels-last ``x`` ``(N, ..., C)`` and of ``x²``.
+
+    One FFI pass over ``x`` (float32 or bfloat16, read as it is) accumulating in
+    float64 (see ``onednn_kernels.cc``): XLA:CPU's own sums first write a float32
+    copy of the summand (``x`` converted, ``x²``). Under a jit that shards the batch,
+    each device sums its examples and the sums are added. Its tangent is lax's.
+    Requires :func:`sums_usable`.
+    """
+    if not available():
+        raise BuildError(f"{CHANNEL_MOMENTS_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, once built")
+    return _moments_call(x.ndim)(x)
+
+
+@channel_moments.defjvp
+def _channel_moments_jvp(primals, tangents):
+    return channel_moments(*primals), jax.jvp(_moments_reference, primals, tangents)[1]
+
+
+@jax.custom_jvp
+def channel_grad_sums(dy, x, mean):
+    """``(2, C)`` float32: the per-channel sums of ``dy`` and of ``dy * (x - mean)``, BatchNorm's backward.
+
+    ``dy``, ``x``: channels-last ``(N, ..., C)``, one shape, float32 or bfloat16;
+    ``mean``: float32 ``(C,)``. One FFI pass, as :func:`channel_moments`.
+    """
+    if not available():
+        raise BuildError(f"{CHANNEL_GRAD_SUMS_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, once built")
+    return _grad_sums_call(x.ndim)(dy, x, mean)
+
+
+@channel_grad_sums.defjvp
+def _channel_grad_sums_jvp(primals, tangents):
+    return channel_grad_sums(*primals), jax.jvp(_grad_sums_reference, primals, tangents)[1]

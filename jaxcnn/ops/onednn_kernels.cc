@@ -520,6 +520,129 @@ ffi::Error max_pool_grad(ffi::ThreadPool pool, Any dy, U8 index, AnyOut dx, Wind
   return max_pool_grad_typed<bf16_bits>(pool, g, dy.untyped_data(), index.typed_data(), dx->untyped_data());
 }
 
+
+// --- per-channel sums for BatchNorm, channels-last float32 or bfloat16 ---------------------------
+// An array (..., C) is M = size / C rows of C channels. moments: (sum x, sum x^2) per channel; grad
+// sums: (sum dy, sum dy * (x - mean)) per channel; both float32 (2, C). The loops run over rows of
+// about 128 values (k rows of C side by side, so that they vectorize for any C), one chunk of rows
+// per thread of XLA's pool; each block of kBlockRows such rows is summed in float32 and added into
+// float64 totals, so the result is the float32 rounding of nearly the exact sum. XLA:CPU cannot fuse
+// a conversion or a square into the first stage of its tree reductions, so its own sums first wrote a
+// float32 copy of every summand.
+
+constexpr int64_t kSumRow = 128;    // values per row of the accumulators
+constexpr int64_t kBlockRows = 32;  // rows summed in float32 before they are added to the float64 totals
+
+template <typename T>
+JAXCNN_VECTOR_CLONES void add_moments(int64_t width, const T* __restrict x, float* __restrict sum,
+                                      float* __restrict sum_sq) {
+  for (int64_t j = 0; j < width; ++j) {
+    const float v = to_float(x[j]);
+    sum[j] += v;
+    sum_sq[j] += v * v;
+  }
+}
+
+template <typename T>
+JAXCNN_VECTOR_CLONES void add_grad_sums(int64_t width, const T* __restrict dy, const T* __restrict x,
+                                        const float* __restrict mean, float* __restrict sum,
+                                        float* __restrict sum_centred) {
+  for (int64_t j = 0; j < width; ++j) {
+    const float d = to_float(dy[j]);
+    sum[j] += d;
+    sum_centred[j] += d * (to_float(x[j]) - mean[j]);
+  }
+}
+
+// add(first, width, sums, second_sums) over the M rows of c channels, as rows of width = k * c values
+// (k >= 1 with k * c <= kSumRow; the last M % k rows alone), one chunk per thread; writes the
+// per-channel totals, rounded to float32, into out (2, c).
+template <typename Add>
+ffi::Error channel_sums(ffi::ThreadPool& pool, int64_t m, int64_t c, float* out, Add add) {
+  const int64_t k = std::max<int64_t>(1, kSumRow / std::max<int64_t>(c, 1)), width = k * c;
+  const int64_t wide_rows = m / k, tail = m % k;
+  const int64_t total = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), wide_rows / 64));
+  std::vector<double> totals(total * 2 * width, 0.0);
+  const std::string error = run_chunks(pool, total, [&](int64_t i) {
+    double* chunk_totals = totals.data() + i * 2 * width;
+    std::vector<float> block(2 * width);
+    auto flush = [&] {
+      for (int64_t j = 0; j < 2 * width; ++j) chunk_totals[j] += block[j];
+      std::fill(block.begin(), block.end(), 0.0f);
+    };
+    flush();
+    const int64_t begin = chunk_begin(wide_rows, i, total), end = chunk_begin(wide_rows, i + 1, total);
+    for (int64_t r = begin; r < end; ++r) {
+      add(r * width, width, block.data(), block.data() + width);
+      if ((r - begin + 1) % kBlockRows == 0) flush();
+    }
+    if (i == total - 1)
+      for (int64_t r = 0; r < tail; ++r) add(wide_rows * width + r * c, c, block.data(), block.data() + width);
+    flush();
+  });
+  if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "jaxcnn channel sums: " + error);
+  for (int64_t s = 0; s < 2; ++s)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      double t = 0;
+      for (int64_t i = 0; i < total; ++i)
+        for (int64_t b = 0; b < k; ++b) t += totals[(i * 2 + s) * width + b * c + ch];
+      out[s * c + ch] = static_cast<float>(t);
+    }
+  return ffi::Error::Success();
+}
+
+using Sums = ffi::Buffer<ffi::F32, 2>;
+using SumsOut = ffi::ResultBuffer<ffi::F32, 2>;
+using Mean = ffi::Buffer<ffi::F32, 1>;
+
+// The summed arrays: at least 1-D, float32 or bfloat16, and out (2, C) for their C = last dimension.
+ffi::Error check_summed(const Any& a, SumsOut& out) {
+  const auto dims = a.dimensions();
+  if (dims.size() == 0 || (a.element_type() != ffi::F32 && a.element_type() != ffi::BF16))
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn channel sums: arrays must be float32 or bfloat16");
+  if (out->dimensions()[0] != 2 || out->dimensions()[1] != dims.back())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxcnn channel sums: the result must be (2, C)");
+  return ffi::Error::Success();
+}
+
+template <typename T>
+ffi::Error channel_moments_typed(ffi::ThreadPool& pool, const Any& x, SumsOut& out) {
+  const int64_t c = x.dimensions().back(), m = c ? x.element_count() / c : 0;
+  const T* xs = static_cast<const T*>(x.untyped_data());
+  return channel_sums(pool, m, c, out->typed_data(), [&](int64_t first, int64_t width, float* s, float* s2) {
+    add_moments(width, xs + first, s, s2);
+  });
+}
+
+ffi::Error channel_moments(ffi::ThreadPool pool, Any x, SumsOut out) {
+  if (auto error = check_summed(x, out); error.failure()) return error;
+  if (x.element_type() == ffi::F32) return channel_moments_typed<float>(pool, x, out);
+  return channel_moments_typed<bf16_bits>(pool, x, out);
+}
+
+template <typename T>
+ffi::Error channel_grad_sums_typed(ffi::ThreadPool& pool, const Any& dy, const Any& x, const float* mean,
+                                   SumsOut& out) {
+  const int64_t c = x.dimensions().back(), m = c ? x.element_count() / c : 0;
+  const T* dys = static_cast<const T*>(dy.untyped_data());
+  const T* xs = static_cast<const T*>(x.untyped_data());
+  std::vector<float> wide_mean(std::max<int64_t>(1, kSumRow / std::max<int64_t>(c, 1)) * c);
+  for (size_t j = 0; j < wide_mean.size(); ++j) wide_mean[j] = mean[j % c];
+  return channel_sums(pool, m, c, out->typed_data(), [&](int64_t first, int64_t width, float* s, float* s2) {
+    add_grad_sums(width, dys + first, xs + first, wide_mean.data(), s, s2);
+  });
+}
+
+ffi::Error channel_grad_sums(ffi::ThreadPool pool, Any dy, Any x, Mean mean, SumsOut out) {
+  if (auto error = check_summed(x, out); error.failure()) return error;
+  if (dy.element_type() != x.element_type() || dy.element_count() != x.element_count() ||
+      mean.element_count() != x.dimensions().back())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxcnn channel sums: dy must have x's shape and dtype, mean x's channels");
+  if (x.element_type() == ffi::F32) return channel_grad_sums_typed<float>(pool, dy, x, mean.typed_data(), out);
+  return channel_grad_sums_typed<bf16_bits>(pool, dy, x, mean.typed_data(), out);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnForward, forward,
@@ -533,3 +656,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPool, max_pool,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Ret<Any>().Ret<U8>().Attr<Window>("window"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnMaxPoolGrad, max_pool_grad,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<U8>().Ret<Any>().Attr<Window>("window"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnChannelMoments, channel_moments,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Ret<Sums>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnChannelGradSums, channel_grad_sums,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Arg<Mean>().Ret<Sums>());
