@@ -13,9 +13,10 @@ C++ compiler against oneDNN from PyPI (``onednn-cpu-gomp`` and its headers,
 ``onednn-devel-cpu-gomp``: dependencies of jaxcnn on x86-64 Linux) and XLA's
 FFI headers from jaxlib, keeps the library in jaxcnn's cache directory, and
 registers the handlers. One more handler, :func:`stored`, returns its input
-as it is (aliased): a value XLA cannot fuse into its consumers; and two more run
+as it is (aliased): a value XLA cannot fuse into its consumers; two more run
 a 2-D max pool and its gradient (:func:`max_pool`, plain loops over channels-last
-rows, for ``max_pool2d_auto``).
+rows, for ``max_pool2d_auto``); and two more BatchNorm's per-channel sums
+(:func:`channel_moments`, :func:`channel_grad_sums`, for ``jaxcnn.ops.norm``).
 
 ``conv2d_auto`` measures the ``"onednn"`` formulation of each pass beside the
 others where :func:`usable` says so: float32 on the CPU, the kernels built, and
