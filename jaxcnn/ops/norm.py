@@ -186,7 +186,7 @@ def batch_norm(x, scale, bias, *, epsilon: float = 1e-5, axis_name: str | None =
     _check_batch_norm(x, scale, bias, epsilon, moments)
     x, scale, bias = (_varying(a, axis_name) for a in (x, scale, bias))
     mean, var = (lax.stop_gradient(m) for m in (batch_moments(x, axis_name) if moments is None else moments))
-    dtype = None if dtype is None else jnp.dtype(dtype)
+    dtype = None if dtype is None else _float_dtype(dtype)
     return _batch_norm(x, scale, bias, mean, var, epsilon, axis_name, dtype), mean, var
 
 
@@ -203,6 +203,16 @@ def _check_batch_norm(x, scale, bias, epsilon, moments) -> None:
                              f"got {jnp.shape(v)}")
     if not epsilon > 0:
         raise ValueError(f"batch_norm: epsilon must be > 0, got {epsilon!r}")
+
+
+def _float_dtype(dtype):
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"batch_norm: dtype must be a floating-point dtype or None, got {dtype!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"batch_norm: dtype must be a floating-point dtype or None, got {dtype}")
+    return dtype
 
 
 def _varying(a, axis_name):

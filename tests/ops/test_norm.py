@@ -193,6 +193,9 @@ def test_batch_norm_rejects_mismatched_parameters_before_tracing():
         ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), moments=(jnp.zeros(4), jnp.ones(3)))
     with pytest.raises(TypeError, match="batch_norm: x must have a floating-point dtype"):
         ops.batch_norm(jnp.zeros((2, 4), jnp.int32), jnp.ones(4), jnp.zeros(4))
+    for dtype in (jnp.int32, "no-such-dtype"):
+        with pytest.raises(TypeError, match="batch_norm: dtype must be a floating-point dtype or None, got"):
+            ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), dtype=dtype)
 
 
 def test_the_moments_of_pieces_are_those_of_their_concatenation_with_one_pmean():
