@@ -131,9 +131,10 @@ class BatchNorm(nn.Module):
         if use_running_average:
             return jnp.asarray(ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon), out_dtype)
         stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
-        if jnp.promote_types(x.dtype, jnp.float32) != stats_dtype:  # ops.norm computes in x's and float32's
+        # ops.norm computes in x's dtype promoted with float32: convert x only where that is narrower than
+        # stats_dtype. A bfloat16 x goes in as it is (same values; its channel sums then read bfloat16).
+        if jnp.promote_types(x.dtype, jnp.float32) != stats_dtype:
             x, pieces = x.astype(stats_dtype), [p.astype(stats_dtype) for p in pieces]
-        # else x as it is (a bfloat16 x too): the same values, and the channel sums read its own bytes
         axis_name = None if self.is_initializing() else self.axis_name
         moments = ops.batch_moments(pieces, axis_name) if len(pieces) > 1 else None
         y, mean, var = ops.batch_norm(x, scale, bias, epsilon=self.epsilon, axis_name=axis_name, moments=moments,

@@ -544,9 +544,9 @@ def _grad_sums_call(ndim: int):
 def channel_moments(x):
     """``(2, C)`` float32: the per-channel sums of channels-last ``x`` ``(N, ..., C)`` and of ``x²``.
 
-    One FFI pass over ``x`` (float32 or bfloat16, read as it is) accumulating in
-    float64 (see ``onednn_kernels.cc``): XLA:CPU's own sums first write a float32
-    copy of the summand (``x`` converted, ``x²``). Under a jit that shards the batch,
+    One FFI pass over ``x`` (float32 or bfloat16, read as it is), blocks of rows summed
+    in float32 and added into float64 totals (see ``onednn_kernels.cc``): XLA:CPU's own
+    sums first write a float32 copy of the summand (``x`` converted, ``x²``). Under a jit that shards the batch,
     each device sums its examples and the sums are added. Its tangent is lax's.
     Requires :func:`sums_usable`.
     """
