@@ -103,10 +103,10 @@ class BatchNorm(nn.Module):
     pass 2.0-3.6x faster there).
     ``dtype`` is the output dtype (``None``: from the input and parameters).
 
-    ``x`` may be a sequence of arrays, normalised as their concatenation on channels
-    (a DenseNet layer's input): each piece's batch statistics are then its own, and
-    where several BatchNorms of one jitted step read a piece, XLA computes them once
-    (DenseNet-BC-100's step 1.10-1.14x faster than with the concatenation's).
+    ``x`` may be a :class:`jaxcnn.ops.ChannelConcat` (a DenseNet block's features): its
+    array is normalised, with the batch statistics its pieces' moments give, each
+    computed once per step however many BatchNorms read the piece (DenseNet-BC-100's
+    step 1.10-1.14x faster than with every concatenation's own).
     """
 
     use_running_average: bool | None = None
@@ -120,8 +120,8 @@ class BatchNorm(nn.Module):
     def __call__(self, x, use_running_average: bool | None = None):
         use_running_average = nn.merge_param("use_running_average", self.use_running_average,
                                              use_running_average)
-        pieces = tuple(x) if isinstance(x, (list, tuple)) else (x,)
-        x = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=-1)
+        concat = x if isinstance(x, ops.ChannelConcat) else None
+        x = x.array if concat is not None else x
         features = (x.shape[-1],)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
@@ -134,9 +134,9 @@ class BatchNorm(nn.Module):
         # ops.norm computes in x's dtype promoted with float32: convert x only where that is narrower than
         # stats_dtype. A bfloat16 x goes in as it is (same values; its channel sums then read bfloat16).
         if jnp.promote_types(x.dtype, jnp.float32) != stats_dtype:
-            x, pieces = x.astype(stats_dtype), [p.astype(stats_dtype) for p in pieces]
+            x, concat = x.astype(stats_dtype), None  # the moments too are then computed wider
         axis_name = None if self.is_initializing() else self.axis_name
-        moments = ops.batch_moments(pieces, axis_name) if len(pieces) > 1 else None
+        moments = ops.batch_moments(concat, axis_name) if concat is not None else None
         y, mean, var = ops.batch_norm(x, scale, bias, epsilon=self.epsilon, axis_name=axis_name, moments=moments,
                                       dtype=out_dtype)
         if not self.is_initializing():

@@ -3,9 +3,11 @@
 Dense layer: BN -> ReLU -> 1x1 conv (bn_size * growth) -> BN -> ReLU -> 3x3 conv
 (growth), its output concatenated to its input. The ReLUs are :func:`jaxcnn.ops.relu`,
 whose backward reads the stored output rather than the BatchNorm (and the
-concatenation) behind it. A layer passes its input on as the tuple of its pieces,
-which each BatchNorm concatenates: a piece's batch statistics are then computed
-once per step, not once per later layer (DenseNet-BC-100's step 1.10-1.14x faster).
+concatenation) behind it. A block's features are one :class:`jaxcnn.ops.ChannelConcat`
+that each layer grows by its output: a piece's batch statistics are computed once,
+when it is appended, not once per later layer (DenseNet-BC-100's step 1.10-1.14x
+faster), and a piece's gradients add up along the rows of the concatenations that
+hold it, not over a 12-channel slice of each (its bfloat16 step 1.29x).
 Transition: BN -> ReLU -> 1x1 conv halving the channels (compression 0.5) -> 2x2
 average pool.
 
@@ -37,14 +39,14 @@ class DenseLayer(nn.Module):
     norm: Any = BatchNorm
 
     @nn.compact
-    def __call__(self, features: tuple, train: bool):
-        """``features``: the block's input and every earlier layer's output, concatenated by the BatchNorm
-        (each piece's statistics computed once per step); returns them with this layer's output."""
+    def __call__(self, features: ops.ChannelConcat, train: bool) -> ops.ChannelConcat:
+        """``features``: the block's input and every earlier layer's output, concatenated; returns them
+        with this layer's output (``growth_rate`` channels) appended."""
         y = self.conv(self.bn_size * self.growth_rate, 1, use_bias=False)(ops.relu(self.norm()(features)))
         y = self.conv(self.growth_rate, 3, 1, 1, use_bias=False)(ops.relu(self.norm()(y)))
         if self.drop_rate:
             y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
-        return (*features, y)
+        return ops.concat_channels(features, y)
 
 
 class Transition(nn.Module):
@@ -54,7 +56,7 @@ class Transition(nn.Module):
     backend: str = "xla"
 
     @nn.compact
-    def __call__(self, features: tuple):
+    def __call__(self, features: ops.ChannelConcat):
         x = self.conv(self.features, 1, use_bias=False)(ops.relu(self.norm()(features)))
         return AvgPool(2, backend=self.backend)(x)
 
@@ -82,15 +84,14 @@ class DenseNet(nn.Module):
             x = MaxPool(3, 2, padding=1, backend=self.conv_backend)(x)
         else:
             x = conv(self.num_init_features, 3, 1, 1, use_bias=False, name="stem_conv")(x)
-        features = (x,)
         for i, num_layers in enumerate(self.block_config):
+            features = ops.concat_channels(x)
             for j in range(num_layers):
                 features = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, conv=conv, norm=norm,
                                       name=f"block{i + 1}_layer{j + 1}")(features, train)
             if i < len(self.block_config) - 1:
-                channels = sum(f.shape[-1] for f in features)
-                features = (Transition(channels // 2, conv=conv, norm=norm, backend=self.conv_backend,
-                                       name=f"transition{i + 1}")(features),)
+                x = Transition(features.array.shape[-1] // 2, conv=conv, norm=norm, backend=self.conv_backend,
+                               name=f"transition{i + 1}")(features)
         x = GlobalAvgPool()(ops.relu(norm(name="final_norm")(features)))
         return logits(nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(x))
 

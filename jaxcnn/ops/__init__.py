@@ -15,7 +15,15 @@ from jaxcnn.ops._fusion import relu
 from jaxcnn.ops.autotune import avg_pool2d_auto, conv2d_auto, max_pool2d_auto
 from jaxcnn.ops.conv import conv1d, conv2d, conv3d, conv_output_size
 from jaxcnn.ops.im2col import col2im, conv2d_im2col, im2col
-from jaxcnn.ops.norm import add_channel_bias, batch_moments, batch_norm, channel_sum, normalize
+from jaxcnn.ops.norm import (
+    ChannelConcat,
+    add_channel_bias,
+    batch_moments,
+    batch_norm,
+    channel_sum,
+    concat_channels,
+    normalize,
+)
 from jaxcnn.ops.padding import PADDING_MODES, normalize_padding, pad_spatial, same_padding
 from jaxcnn.ops.pool import (
     avg_pool1d,
@@ -31,6 +39,7 @@ from jaxcnn.ops.pool import (
 )
 
 __all__ = [
+    "ChannelConcat",
     "PADDING_MODES",
     "add_channel_bias",
     "autotune",
@@ -43,6 +52,7 @@ __all__ = [
     "batch_norm",
     "channel_sum",
     "col2im",
+    "concat_channels",
     "conv1d",
     "conv2d",
     "conv2d_auto",

@@ -15,6 +15,7 @@ as rows of 128). :func:`materialized`, :func:`transposable_materialized` and
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +134,30 @@ def _relu_backward(y, dy):
 
 
 relu.defvjp(_relu_forward, _relu_backward)
+
+
+def concatenate(arrays, axis: int = -1):
+    """``jnp.concatenate(arrays, axis)``, the same values and gradient.
+
+    On the CPU, 16-bit floats are concatenated as their bit patterns: XLA:CPU
+    computes a bfloat16 concatenate in float32 (every operand converted, the result
+    converted back), and DenseNet-BC-100's ``64x32x32x192`` and ``x12`` pieces took
+    9.7 ms so against 1.9 ms as ``uint16``.
+    """
+    arrays = tuple(arrays)
+    dtype = jnp.result_type(*arrays)
+    if len(arrays) < 2 or jax.default_backend() != "cpu" or dtype not in (jnp.bfloat16, jnp.float16):
+        return jnp.concatenate(arrays, axis)
+    return _bitwise_concatenate(tuple(jnp.asarray(a, dtype) for a in arrays), axis % jnp.ndim(arrays[0]))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _bitwise_concatenate(arrays, axis: int):
+    bits = lax.concatenate([lax.bitcast_convert_type(a, jnp.uint16) for a in arrays], axis)
+    return lax.bitcast_convert_type(bits, arrays[0].dtype)
+
+
+@_bitwise_concatenate.defjvp
+def _bitwise_concatenate_jvp(axis, primals, tangents):
+    (arrays,), (tangents,) = primals, tangents
+    return _bitwise_concatenate(arrays, axis), lax.concatenate(list(tangents), axis)  # transposes to slices

@@ -124,3 +124,49 @@ def test_relu_and_its_gradient_equal_jax_nn_relu(dtype):
     np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(theirs, np.float32))
     np.testing.assert_array_equal(np.asarray(vjp(dy)[0], np.float32), np.asarray(vjp_ref(dy)[0], np.float32))
     assert ours.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.int32])
+def test_concatenate_equals_jnp_concatenate_values_and_gradients(dtype):
+    """Bit for bit, on any axis, mixed dtypes promoted; forward and reverse derivatives as jnp's."""
+    def parts_along(axis):
+        shapes = [(2, 3, 4, 5)[:axis] + (c,) + (2, 3, 4, 5)[axis + 1:] for c in (5, 1, 12)]
+        parts = [_extreme_values(shape, jnp.float32, i) for i, shape in enumerate(shapes)]
+        return [jnp.asarray(p * 1000, dtype) if dtype == jnp.int32 else p.astype(dtype) for p in parts]
+
+    for axis in (-1, 0, 2):
+        parts = parts_along(axis % 4)
+        got = jax.jit(_fusion.concatenate, static_argnums=1)(parts, axis)
+        want = jnp.concatenate(parts, axis)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    parts = parts_along(3)
+    if dtype == jnp.int32:
+        return
+    mixed = [parts[0].astype(jnp.bfloat16), parts[1].astype(jnp.float32)]
+    assert _fusion.concatenate(mixed).dtype == jnp.concatenate(mixed, -1).dtype == jnp.float32
+    weights = jnp.asarray(np.random.default_rng(3).standard_normal((2, 3, 4, 18)), dtype)
+
+    def loss(fn, *ps):
+        return jnp.sum(fn(ps, -1).astype(jnp.float32) * weights.astype(jnp.float32))
+
+    ours = jax.jit(jax.grad(lambda *ps: loss(_fusion.concatenate, *ps), argnums=(0, 1, 2)))(*parts)
+    theirs = jax.grad(lambda *ps: loss(jnp.concatenate, *ps), argnums=(0, 1, 2))(*parts)
+    for g, r in zip(ours, theirs):
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(r, np.float32))
+    tangents = [p * 3 for p in parts]
+    _, jvp = jax.jvp(lambda *ps: _fusion.concatenate(ps), parts, tangents)
+    np.testing.assert_array_equal(np.asarray(jvp, np.float32), np.asarray(jnp.concatenate(tangents, -1), np.float32))
+
+
+def test_a_bfloat16_concatenate_moves_bits_on_the_cpu_and_is_jnps_elsewhere(monkeypatch):
+    """XLA:CPU would compute the bfloat16 concatenate in float32 (operands and result converted): the
+    compiled program holds one 16-bit concatenate and no conversion."""
+    parts = [jnp.ones((4, 8, 8, c), jnp.bfloat16) for c in (24, 12)]
+    ours = jax.jit(_fusion.concatenate).lower(parts).compile().as_text()
+    plain = jax.jit(lambda ps: jnp.concatenate(ps, -1)).lower(parts).compile().as_text()
+    assert re.search(r"= f32\[4,8,8,36\][^\n]* concatenate\(", plain)  # what this avoids
+    assert re.search(r"= (bf16|u16)\[4,8,8,36\][^\n]* concatenate\(", ours)
+    assert not re.search(r" convert\(|f32\[", ours)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert "bitcast_convert" not in str(jax.make_jaxpr(lambda ps: _fusion.concatenate(ps))(parts))

@@ -198,14 +198,37 @@ def test_batch_norm_rejects_mismatched_parameters_before_tracing():
             ops.batch_norm(x, jnp.ones(4), jnp.zeros(4), dtype=dtype)
 
 
-def test_the_moments_of_pieces_are_those_of_their_concatenation_with_one_pmean():
-    """A concatenation's moments from its pieces (each summed on its own): the concatenation's, and over a
-    mapped axis one pmean for all the pieces."""
+def test_a_grown_concatenation_carries_its_moments_with_one_pmean():
+    """concat_channels: the array is the concatenation; its moments are the concatenation's, each piece's
+    computed when it is appended and carried on (a ChannelConcat's are not recomputed), without gradient;
+    batch_moments of it averages them over a mapped axis in one pmean."""
     rng = np.random.default_rng(7)
     pieces = [jnp.asarray(randn(rng, (4, 3, 3, c)) * (i + 1) + i) for i, c in enumerate((24, 12, 140))]
-    for got, want in zip(ops.batch_moments(pieces), ops.batch_moments(jnp.concatenate(pieces, -1))):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    grown = ops.concat_channels(pieces[0])
+    for piece in pieces[1:]:
+        grown = ops.concat_channels(grown, piece)
+    whole = jnp.concatenate(pieces, -1)
+    np.testing.assert_array_equal(grown.array, whole)
+    for got, want in zip(ops.batch_moments(grown), _moments64(whole)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    carried = ops.ChannelConcat(pieces[0], jnp.full((2, 24), 7.0))
+    np.testing.assert_array_equal(ops.concat_channels(carried, pieces[1]).moments[:, :24], 7.0)
+    grads = jax.grad(lambda p: jnp.sum(ops.concat_channels(p).moments))(pieces[1])
+    np.testing.assert_array_equal(grads, 0.0)
     mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-    mapped = jax.shard_map(lambda *ps: ops.batch_moments(ps, "data"), mesh=mesh, in_specs=P("data"),
-                           out_specs=P())
+    mapped = jax.shard_map(lambda *ps: ops.batch_moments(ops.concat_channels(*ps), "data"), mesh=mesh,
+                           in_specs=P("data"), out_specs=P())
     assert str(jax.make_jaxpr(mapped)(*pieces)).count("psum") == 1
+    for got, want in zip(mapped(*pieces), ops.batch_moments(whole)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_concat_channels_rejects_no_parts_mismatched_shapes_and_integers():
+    with pytest.raises(ValueError, match="concat_channels: needs at least one part"):
+        ops.concat_channels()
+    with pytest.raises(ValueError, match=r"sharing every axis but the last, got shapes \[\(2, 3, 3, 4\), \(2, 3, 4, 4\)\]"):
+        ops.concat_channels(jnp.ones((2, 3, 3, 4)), jnp.ones((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="sharing every axis but the last"):
+        ops.concat_channels(jnp.ones((4,)))
+    with pytest.raises(TypeError, match="concat_channels"):
+        ops.concat_channels(jnp.ones((2, 4)), jnp.ones((2, 4), jnp.int32))
