@@ -102,6 +102,8 @@ class BatchNorm(nn.Module):
     view of the array on the CPU and whose gradient is in closed form (a training
     pass 2.0-3.6x faster there).
     ``dtype`` is the output dtype (``None``: from the input and parameters).
+    ``relu=True`` returns ``jaxcnn.ops.relu`` of the output, its backward fused with
+    BatchNorm's (:func:`jaxcnn.ops.batch_norm`'s ``relu``).
 
     ``x`` may be a :class:`jaxcnn.ops.ChannelConcat` (a DenseNet block's features): its
     array is normalised, with the batch statistics its pieces' moments give, each
@@ -115,6 +117,7 @@ class BatchNorm(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -129,7 +132,8 @@ class BatchNorm(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), features, self.param_dtype)
         out_dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
         if use_running_average:
-            return jnp.asarray(ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon), out_dtype)
+            y = ops.normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+            return jnp.asarray(ops.relu(y) if self.relu else y, out_dtype)
         stats_dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
         # ops.norm computes in x's dtype promoted with float32: convert x only where that is narrower than
         # stats_dtype. A bfloat16 x goes in as it is (same values; its channel sums then read bfloat16).
@@ -138,7 +142,7 @@ class BatchNorm(nn.Module):
         axis_name = None if self.is_initializing() else self.axis_name
         moments = ops.batch_moments(concat, axis_name) if concat is not None else None
         y, mean, var = ops.batch_norm(x, scale, bias, epsilon=self.epsilon, axis_name=axis_name, moments=moments,
-                                      dtype=out_dtype)
+                                      dtype=out_dtype, relu=self.relu)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

@@ -152,3 +152,24 @@ def test_batch_norm_is_flax_batch_norm(shape, dtype):
         close = lambda a, b, tol=tol: np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
                                                                  rtol=tol, atol=tol)
         jax.tree.map(close, (y, upd, g["params"]), (y_ref, upd_ref, g_ref["params"]))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_with_relu_is_relu_of_batch_norm(train):
+    """BatchNorm(relu=True): the same variables, outputs, running statistics and gradients as ops.relu of
+    BatchNorm, train and eval."""
+    x = jax.random.normal(jax.random.key(0), (8, 4, 4, 16)) * 2 + 0.5
+    fused, plain = (layers.BatchNorm(use_running_average=not train, momentum=0.9, relu=r) for r in (True, False))
+    variables = plain.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, fused.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+    variables = jax.tree.map(lambda v: v + jax.random.uniform(jax.random.key(2), v.shape), variables)
+
+    def loss(v, x, module, act):
+        y, updates = module.apply(v, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(act(y))), (act(y), updates)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), static_argnums=(2, 3))
+    ours = grad(variables, x, fused, lambda y: y)
+    theirs = grad(variables, x, plain, ops.relu)
+    assert np.count_nonzero(ours[0][1][0]) < ours[0][1][0].size
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-5), ours, theirs)

@@ -1,7 +1,7 @@
 """GoogLeNet / Inception v1 (Szegedy et al. 2014), as torchvision defines it.
 
-Every convolution is conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU
-(:func:`jaxcnn.ops.relu`, whose backward reads its stored output). Nine
+Every convolution is conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU (the
+BatchNorm's own, ``relu=True``: the backwards fused, step 1.01-1.03x). Nine
 inception modules, each four parallel branches concatenated on channels:
 1x1; 1x1 -> 3x3; 1x1 -> "5x5"; 3x3 max pool -> 1x1. As in torchvision (and its
 pretrained weights), the "5x5" branch uses a 3x3 kernel. 6,624,904 parameters
@@ -18,7 +18,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn import ops
 from jaxcnn.layers import AdaptiveAvgPool, BatchNorm, Conv, Flatten, GlobalAvgPool, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, logits
 
@@ -43,7 +42,7 @@ class BasicConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = self.conv(self.features, self.kernel_size, self.stride, self.padding, use_bias=False)(x)
-        return ops.relu(self.norm()(x))
+        return self.norm(relu=True)(x)
 
 
 class Inception(nn.Module):

@@ -16,7 +16,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxcnn import ops
 from jaxcnn.layers import AdaptiveAvgPool, Conv, Flatten, MaxPool
 from jaxcnn.models.common import batch_norm, check_inputs, kaiming_fan_out, logits
 
@@ -52,8 +51,8 @@ class VGG(nn.Module):
                 x = MaxPool(2, backend=self.conv_backend)(x)
             else:
                 x = conv(v)(x)
-                # after BatchNorm, the ReLU whose backward reads its stored output (step 1.02x)
-                x = ops.relu(norm()(x)) if self.batch_norm else nn.relu(x)
+                # after BatchNorm, its own ReLU (relu=True: the backwards fused, float32 step 1.01x)
+                x = norm(relu=True)(x) if self.batch_norm else nn.relu(x)
         dense = partial(nn.Dense, dtype=self.dtype, kernel_init=nn.initializers.normal(0.01))
         if self.head == "cifar":
             return logits(dense(self.num_classes, name="classifier")(Flatten()(AdaptiveAvgPool(1)(x))))

@@ -76,10 +76,12 @@ FORWARD_TARGET, GRAD_INPUT_TARGET, GRAD_WEIGHT_TARGET = (
 STORED_TARGET = "jaxcnn_stored"
 MAX_POOL_TARGET, MAX_POOL_GRAD_TARGET = "jaxcnn_max_pool", "jaxcnn_max_pool_grad"
 CHANNEL_MOMENTS_TARGET, CHANNEL_GRAD_SUMS_TARGET = "jaxcnn_channel_moments", "jaxcnn_channel_grad_sums"
+CHANNEL_RELU_GRAD_SUMS_TARGET = "jaxcnn_channel_relu_grad_sums"
 HANDLERS = {FORWARD_TARGET: "JaxcnnOnednnForward", GRAD_INPUT_TARGET: "JaxcnnOnednnGradInput",
             GRAD_WEIGHT_TARGET: "JaxcnnOnednnGradWeight", STORED_TARGET: "JaxcnnStored",
             MAX_POOL_TARGET: "JaxcnnMaxPool", MAX_POOL_GRAD_TARGET: "JaxcnnMaxPoolGrad",
-            CHANNEL_MOMENTS_TARGET: "JaxcnnChannelMoments", CHANNEL_GRAD_SUMS_TARGET: "JaxcnnChannelGradSums"}
+            CHANNEL_MOMENTS_TARGET: "JaxcnnChannelMoments", CHANNEL_GRAD_SUMS_TARGET: "JaxcnnChannelGradSums",
+            CHANNEL_RELU_GRAD_SUMS_TARGET: "JaxcnnChannelReluGradSums"}
 
 
 class BuildError(RuntimeError):
@@ -516,6 +518,14 @@ def _grad_sums_reference(dy, x, mean):
     return jnp.stack([dy.sum(axis=0), (dy * (x - mean)).sum(axis=0)])
 
 
+def _relu_grad_sums_reference(g, x, params):
+    g, x = (a.astype(jnp.float32).reshape(-1, a.shape[-1]) for a in (g, x))
+    mean, mul, bias = params
+    centred = x - mean
+    dy = jnp.where(centred * mul + bias > 0, g, 0.0)
+    return jnp.stack([dy.sum(axis=0), (dy * centred).sum(axis=0)])
+
+
 def _channels_rule(num_arrays: int, ndim: int, extra: str = "") -> str:
     """A Shardy rule for sums over ``num_arrays`` batch-first arrays of ``ndim`` dims (sharing the batch
     ``b`` only), ``extra`` operands after them, and one ``(2, C)`` result."""
@@ -538,6 +548,15 @@ def _grad_sums_call(ndim: int):
         return jax.ffi.ffi_call(CHANNEL_GRAD_SUMS_TARGET, out)(dy, x, mean)
 
     return _batch_sharded(local, (True, True, False), _channels_rule(2, ndim, ", m"), reduces_batch=True)
+
+
+@functools.cache
+def _relu_grad_sums_call(ndim: int):
+    def local(g, x, params):
+        out = jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32)
+        return jax.ffi.ffi_call(CHANNEL_RELU_GRAD_SUMS_TARGET, out)(g, x, params)
+
+    return _batch_sharded(local, (True, True, False), _channels_rule(2, ndim, ", p m"), reduces_batch=True)
 
 
 @jax.custom_jvp
@@ -575,3 +594,22 @@ def channel_grad_sums(dy, x, mean):
 @channel_grad_sums.defjvp
 def _channel_grad_sums_jvp(primals, tangents):
     return channel_grad_sums(*primals), jax.jvp(_grad_sums_reference, primals, tangents)[1]
+
+
+@jax.custom_jvp
+def channel_relu_grad_sums(g, x, params):
+    """:func:`channel_grad_sums` for a BatchNorm followed by a ReLU, its ``dy`` never stored.
+
+    ``g``: the ReLU's output cotangent; ``dy`` is ``g`` where ``(x - mean) * mul + bias > 0``
+    (the ReLU's input, recomputed from ``x``), else 0. ``params``: float32 ``(3, C)``, the rows
+    ``mean``, ``mul``, ``bias``. Returns ``(2, C)``: the sums of ``dy`` and of ``dy * (x - mean)``.
+    """
+    if not available():
+        raise BuildError(f"{CHANNEL_RELU_GRAD_SUMS_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, "
+                         "once built")
+    return _relu_grad_sums_call(x.ndim)(g, x, params)
+
+
+@channel_relu_grad_sums.defjvp
+def _channel_relu_grad_sums_jvp(primals, tangents):
+    return channel_relu_grad_sums(*primals), jax.jvp(_relu_grad_sums_reference, primals, tangents)[1]

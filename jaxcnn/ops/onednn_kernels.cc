@@ -554,6 +554,22 @@ JAXCNN_VECTOR_CLONES void add_grad_sums(int64_t width, const T* __restrict dy, c
   }
 }
 
+// The same sums for BatchNorm followed by a ReLU, whose dy is g where the ReLU passed its input and 0
+// elsewhere: the mask is recomputed from x ((x - mean) * mul + bias > 0, as the forward computed the
+// ReLU's input), so the masked dy is never stored.
+template <typename T>
+JAXCNN_VECTOR_CLONES void add_relu_grad_sums(int64_t width, const T* __restrict g, const T* __restrict x,
+                                             const float* __restrict mean, const float* __restrict mul,
+                                             const float* __restrict bias, float* __restrict sum,
+                                             float* __restrict sum_centred) {
+  for (int64_t j = 0; j < width; ++j) {
+    const float centred = to_float(x[j]) - mean[j], gradient = to_float(g[j]);  // both loaded: a select vectorizes
+    const float d = centred * mul[j] + bias[j] > 0.0f ? gradient : 0.0f;
+    sum[j] += d;
+    sum_centred[j] += d * centred;
+  }
+}
+
 // add(first, width, sums, second_sums) over the M rows of c channels, as rows of width = k * c values
 // (k >= 1 with k * c <= kSumRow; the last M % k rows alone), one chunk per thread; writes the
 // per-channel totals, rounded to float32, into out (2, c).
@@ -643,6 +659,32 @@ ffi::Error channel_grad_sums(ffi::ThreadPool pool, Any dy, Any x, Mean mean, Sum
   return channel_grad_sums_typed<bf16_bits>(pool, dy, x, mean.typed_data(), out);
 }
 
+template <typename T>
+ffi::Error channel_relu_grad_sums_typed(ffi::ThreadPool& pool, const Any& g, const Any& x, const float* params,
+                                        SumsOut& out) {
+  const int64_t c = x.dimensions().back(), m = c ? x.element_count() / c : 0;
+  const T* gs = static_cast<const T*>(g.untyped_data());
+  const T* xs = static_cast<const T*>(x.untyped_data());
+  const int64_t width = std::max<int64_t>(1, kSumRow / std::max<int64_t>(c, 1)) * c;
+  std::vector<float> wide(3 * width);  // mean, mul, bias, each repeated across the wide row
+  for (int64_t p = 0; p < 3; ++p)
+    for (int64_t j = 0; j < width; ++j) wide[p * width + j] = params[p * c + j % c];
+  return channel_sums(pool, m, c, out->typed_data(), [&](int64_t first, int64_t w, float* s, float* s2) {
+    add_relu_grad_sums(w, gs + first, xs + first, wide.data(), wide.data() + width, wide.data() + 2 * width, s,
+                       s2);
+  });
+}
+
+ffi::Error channel_relu_grad_sums(ffi::ThreadPool pool, Any g, Any x, Sums params, SumsOut out) {
+  if (auto error = check_summed(x, out); error.failure()) return error;
+  if (g.element_type() != x.element_type() || g.element_count() != x.element_count() ||
+      params.dimensions()[0] != 3 || params.dimensions()[1] != x.dimensions().back())
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "jaxcnn channel sums: g must have x's shape and dtype, params (3, C) for x's C channels");
+  if (x.element_type() == ffi::F32) return channel_relu_grad_sums_typed<float>(pool, g, x, params.typed_data(), out);
+  return channel_relu_grad_sums_typed<bf16_bits>(pool, g, x, params.typed_data(), out);
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnOnednnForward, forward,
@@ -660,3 +702,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnChannelMoments, channel_moments,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Ret<Sums>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnChannelGradSums, channel_grad_sums,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Arg<Mean>().Ret<Sums>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxcnnChannelReluGradSums, channel_relu_grad_sums,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Any>().Arg<Any>().Arg<Sums>().Ret<Sums>());

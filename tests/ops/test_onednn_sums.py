@@ -1,4 +1,5 @@
-"""jaxcnn.ops.onednn.channel_moments / channel_grad_sums: BatchNorm's per-channel sums as FFI calls, against
+"""jaxcnn.ops.onednn.channel_moments / channel_grad_sums / channel_relu_grad_sums: BatchNorm's per-channel sums
+as FFI calls, against
 float64 NumPy, and as BatchNorm runs them (routing, tangents, vmap, sharding, the lax formulation beside)."""
 
 import functools
@@ -45,6 +46,11 @@ def test_the_sums_match_float64(shape, dtype):
     x64, dy64 = _sums64(x, dy)
     _assert_sums(jax.jit(onednn.channel_moments)(x), [x64, x64 ** 2])
     _assert_sums(jax.jit(onednn.channel_grad_sums)(dy, x, mean), [dy64, dy64 * (x64 - np.asarray(mean, np.float64))])
+    params = jnp.stack([mean, jnp.asarray(randn(rng, shape[-1:])), jnp.asarray(randn(rng, shape[-1:]))])
+    centred = x64 - np.asarray(mean, np.float64)
+    masked = np.where(centred * np.asarray(params[1], np.float64) + np.asarray(params[2], np.float64) > 0, dy64, 0)
+    assert 0 < np.count_nonzero(masked) < masked.size
+    _assert_sums(jax.jit(onednn.channel_relu_grad_sums)(dy, x, params), [masked, masked * centred])
 
 
 @needs_kernels
@@ -63,9 +69,11 @@ def test_tangents_are_lax_and_vmap_runs_per_element():
     rng = np.random.default_rng(2)
     x, dy, tx, tdy = (jnp.asarray(randn(rng, (3, 4, 4, 6))) for _ in range(4))
     mean, tmean = jnp.asarray(randn(rng, (6,))), jnp.asarray(randn(rng, (6,)))
+    params, tparams = jnp.asarray(randn(rng, (3, 6))), jnp.asarray(randn(rng, (3, 6)))
     for fn, ref, primals, tangents in [
         (onednn.channel_moments, onednn._moments_reference, (x,), (tx,)),
         (onednn.channel_grad_sums, onednn._grad_sums_reference, (dy, x, mean), (tdy, tx, tmean)),
+        (onednn.channel_relu_grad_sums, onednn._relu_grad_sums_reference, (dy, x, params), (tdy, tx, tparams)),
     ]:
         got, want = jax.jvp(fn, primals, tangents), jax.jvp(ref, primals, tangents)
         for g, w in zip(got, want):
@@ -81,8 +89,9 @@ def test_a_batch_sharded_jit_sums_each_shard_and_adds_them():
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     rng = np.random.default_rng(3)
     x, dy = (jax.device_put(randn(rng, (4, 5, 5, 8)), batch) for _ in range(2))
-    mean = jnp.asarray(randn(rng, (8,)))
-    for fn, args in [(onednn.channel_moments, (x,)), (onednn.channel_grad_sums, (dy, x, mean))]:
+    mean, params = jnp.asarray(randn(rng, (8,))), jnp.asarray(randn(rng, (3, 8)))
+    for fn, args in [(onednn.channel_moments, (x,)), (onednn.channel_grad_sums, (dy, x, mean)),
+                     (onednn.channel_relu_grad_sums, (dy, x, params))]:
         compiled = jax.jit(fn).lower(*args).compile()
         text = compiled.as_text()
         assert "all-gather" not in text and "all-reduce" in text
@@ -163,3 +172,42 @@ def test_a_wrong_dtype_or_missing_kernels_is_a_clear_error(monkeypatch):
     assert not onednn.sums_usable(jnp.zeros((2, 3)))
     with pytest.raises(onednn.BuildError, match="jaxcnn_channel_moments: jaxcnn's FFI kernels run on the CPU"):
         onednn.channel_moments(jnp.zeros((2, 3)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype,channels,fused", [
+    (jnp.float32, 16, True), (jnp.bfloat16, 16, True), (jnp.bfloat16, 160, True),
+    (jnp.float32, 160, False),  # XLA's sums (products with a row of ones) would each recompute the mask
+])
+def test_batch_norm_with_relu_is_relu_of_batch_norm(dtype, channels, fused, monkeypatch):
+    """relu=True: the values and every gradient of jaxcnn.ops.relu of the BatchNorm; where fused, one FFI call
+    sums the masked cotangent (and no ReLU select is stored); the fused backward's lax sums agree too."""
+    rng = np.random.default_rng(8)
+    shape = (4, 6, 6, channels)
+    x = jnp.asarray(2 * randn(rng, shape) + 0.5, dtype)
+    dy = jnp.asarray(randn(rng, shape), dtype)
+    scale, bias = jnp.asarray(randn(rng, (channels,))), jnp.asarray(0.5 * randn(rng, (channels,)))
+
+    def run(fn, x, scale, bias):
+        y, vjp = jax.vjp(fn, x, scale, bias)
+        return (y, *vjp(dy))
+
+    fused_fn = lambda *a: ops.batch_norm(*a, dtype=dtype, relu=True)[0]  # noqa: E731
+    composed = lambda *a: ops.relu(ops.batch_norm(*a, dtype=dtype)[0])  # noqa: E731
+    ours, theirs = jax.jit(run, static_argnums=0)(fused_fn, x, scale, bias), jax.jit(run, static_argnums=0)(
+        composed, x, scale, bias)
+    assert 0 < np.count_nonzero(np.asarray(ours[0], np.float32)) < ours[0].size
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2 ** -7, atol=1e-4)
+    for got, want in zip(ours, theirs):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
+    text = jax.jit(run, static_argnums=0).lower(fused_fn, x, scale, bias).as_text()
+    assert (onednn.CHANNEL_RELU_GRAD_SUMS_TARGET in text) == fused
+    if fused:  # the fused backward with XLA's sums (the kernels gone between forward and backward)
+        mean, var = ops.batch_moments(x)
+        backward = functools.partial(norm._batch_norm_backward, 1e-5, None, dtype, True)
+        _, residuals = norm._batch_norm_forward(x, scale, bias, mean, var, 1e-5, None, dtype, True)
+        with_kernels = backward(residuals, dy)
+        monkeypatch.setattr(norm, "_sums_kernels", lambda *arrays: None)
+        for got, want in zip(backward(residuals, dy)[:3], with_kernels[:3]):
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
