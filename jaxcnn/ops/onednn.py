@@ -542,21 +542,14 @@ def _moments_call(ndim: int):
 
 
 @functools.cache
-def _grad_sums_call(ndim: int):
-    def local(dy, x, mean):
-        out = jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32)
-        return jax.ffi.ffi_call(CHANNEL_GRAD_SUMS_TARGET, out)(dy, x, mean)
+def _backward_sums_call(target: str, ndim: int, per_channel: str):
+    """The backward's sums: ``target`` over a cotangent and ``x`` (batch-first, ``ndim`` dims) and one
+    replicated per-channel operand (``per_channel``: its factors in the sharding rule)."""
 
-    return _batch_sharded(local, (True, True, False), _channels_rule(2, ndim, ", m"), reduces_batch=True)
+    def local(dy, x, operand):
+        return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32))(dy, x, operand)
 
-
-@functools.cache
-def _relu_grad_sums_call(ndim: int):
-    def local(g, x, params):
-        out = jax.ShapeDtypeStruct((2, x.shape[-1]), jnp.float32)
-        return jax.ffi.ffi_call(CHANNEL_RELU_GRAD_SUMS_TARGET, out)(g, x, params)
-
-    return _batch_sharded(local, (True, True, False), _channels_rule(2, ndim, ", p m"), reduces_batch=True)
+    return _batch_sharded(local, (True, True, False), _channels_rule(2, ndim, ", " + per_channel), reduces_batch=True)
 
 
 @jax.custom_jvp
@@ -588,7 +581,7 @@ def channel_grad_sums(dy, x, mean):
     """
     if not available():
         raise BuildError(f"{CHANNEL_GRAD_SUMS_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, once built")
-    return _grad_sums_call(x.ndim)(dy, x, mean)
+    return _backward_sums_call(CHANNEL_GRAD_SUMS_TARGET, x.ndim, "m")(dy, x, mean)
 
 
 @channel_grad_sums.defjvp
@@ -607,7 +600,7 @@ def channel_relu_grad_sums(g, x, params):
     if not available():
         raise BuildError(f"{CHANNEL_RELU_GRAD_SUMS_TARGET}: jaxcnn's FFI kernels run on the CPU backend only, "
                          "once built")
-    return _relu_grad_sums_call(x.ndim)(g, x, params)
+    return _backward_sums_call(CHANNEL_RELU_GRAD_SUMS_TARGET, x.ndim, "p m")(g, x, params)
 
 
 @channel_relu_grad_sums.defjvp

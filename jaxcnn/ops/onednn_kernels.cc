@@ -636,14 +636,23 @@ ffi::Error channel_moments(ffi::ThreadPool pool, Any x, SumsOut out) {
   return channel_moments_typed<bf16_bits>(pool, x, out);
 }
 
+// rows per-channel rows of c values (rows x c, row-major), each repeated across channel_sums' wide row:
+// rows x width values, width = k * c.
+std::vector<float> wide_rows(const float* per_channel, int64_t rows, int64_t c) {
+  const int64_t width = std::max<int64_t>(1, kSumRow / std::max<int64_t>(c, 1)) * c;
+  std::vector<float> wide(rows * width);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < width; ++j) wide[r * width + j] = per_channel[r * c + j % c];
+  return wide;
+}
+
 template <typename T>
 ffi::Error channel_grad_sums_typed(ffi::ThreadPool& pool, const Any& dy, const Any& x, const float* mean,
                                    SumsOut& out) {
   const int64_t c = x.dimensions().back(), m = c ? x.element_count() / c : 0;
   const T* dys = static_cast<const T*>(dy.untyped_data());
   const T* xs = static_cast<const T*>(x.untyped_data());
-  std::vector<float> wide_mean(std::max<int64_t>(1, kSumRow / std::max<int64_t>(c, 1)) * c);
-  for (size_t j = 0; j < wide_mean.size(); ++j) wide_mean[j] = mean[j % c];
+  const std::vector<float> wide_mean = wide_rows(mean, 1, c);
   return channel_sums(pool, m, c, out->typed_data(), [&](int64_t first, int64_t width, float* s, float* s2) {
     add_grad_sums(width, dys + first, xs + first, wide_mean.data(), s, s2);
   });
@@ -665,10 +674,8 @@ ffi::Error channel_relu_grad_sums_typed(ffi::ThreadPool& pool, const Any& g, con
   const int64_t c = x.dimensions().back(), m = c ? x.element_count() / c : 0;
   const T* gs = static_cast<const T*>(g.untyped_data());
   const T* xs = static_cast<const T*>(x.untyped_data());
-  const int64_t width = std::max<int64_t>(1, kSumRow / std::max<int64_t>(c, 1)) * c;
-  std::vector<float> wide(3 * width);  // mean, mul, bias, each repeated across the wide row
-  for (int64_t p = 0; p < 3; ++p)
-    for (int64_t j = 0; j < width; ++j) wide[p * width + j] = params[p * c + j % c];
+  const std::vector<float> wide = wide_rows(params, 3, c);  // mean, mul, bias
+  const int64_t width = static_cast<int64_t>(wide.size()) / 3;
   return channel_sums(pool, m, c, out->typed_data(), [&](int64_t first, int64_t w, float* s, float* s2) {
     add_relu_grad_sums(w, gs + first, xs + first, wide.data(), wide.data() + width, wide.data() + 2 * width, s,
                        s2);
