@@ -519,11 +519,9 @@ def _grad_sums_reference(dy, x, mean):
 
 
 def _relu_grad_sums_reference(g, x, params):
-    g, x = (a.astype(jnp.float32).reshape(-1, a.shape[-1]) for a in (g, x))
     mean, mul, bias = params
-    centred = x - mean
-    dy = jnp.where(centred * mul + bias > 0, g, 0.0)
-    return jnp.stack([dy.sum(axis=0), (dy * centred).sum(axis=0)])
+    passed = (x.astype(jnp.float32) - mean) * mul + bias > 0
+    return _grad_sums_reference(jnp.where(passed, g.astype(jnp.float32), 0.0), x, mean)
 
 
 def _channels_rule(num_arrays: int, ndim: int, extra: str = "") -> str:
